@@ -1,0 +1,235 @@
+"""Synaptic partners in memory and on disk.
+
+In memory a partner list is a numpy structured array of :data:`PARTNER_DTYPE`
+whose field names are those of Synful's synapse database::
+
+    id, pre_z, pre_y, pre_x, post_z, post_y, post_x   int64, locations in nm (z, y, x)
+    score                                              float64
+    pre_seg_id, post_seg_id, pre_skel_id, post_skel_id int64, NO_ID (-1) where missing
+
+On disk: FAFB benchmark JSON (a list of ``{"id", "id_skel_pre", "id_skel_post",
+"id_segm_pre", "id_segm_post", "location_pre", "location_post", "score"}``,
+locations in nm (z, y, x), ids may be null) and CSV with the database field
+names (missing ids are empty cells).  int64 ids round-trip exactly (JSON
+integers are parsed as Python ints, never floats).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SynfulError
+
+__all__ = [
+    "PARTNER_DTYPE",
+    "PARTNER_FIELDS",
+    "ID_FIELDS",
+    "NO_ID",
+    "empty_partners",
+    "partners_from_records",
+    "partners_to_records",
+    "read_partners_json",
+    "write_partners_json",
+    "read_partners_csv",
+    "write_partners_csv",
+    "read_partners",
+    "write_partners",
+]
+
+NO_ID = -1
+ID_FIELDS = ("pre_seg_id", "post_seg_id", "pre_skel_id", "post_skel_id")
+PARTNER_DTYPE = np.dtype([
+    ("id", np.int64),
+    ("pre_z", np.int64), ("pre_y", np.int64), ("pre_x", np.int64),
+    ("post_z", np.int64), ("post_y", np.int64), ("post_x", np.int64),
+    ("score", np.float64),
+    ("pre_seg_id", np.int64), ("post_seg_id", np.int64),
+    ("pre_skel_id", np.int64), ("post_skel_id", np.int64),
+])
+PARTNER_FIELDS = PARTNER_DTYPE.names
+_JSON_IDS = {"id_segm_pre": "pre_seg_id", "id_segm_post": "post_seg_id",
+             "id_skel_pre": "pre_skel_id", "id_skel_post": "post_skel_id"}
+
+
+def empty_partners(n: int = 0) -> np.ndarray:
+    """``n`` partners with zero locations, score 0 and all ids NO_ID."""
+    a = np.zeros(n, dtype=PARTNER_DTYPE)
+    for f in ID_FIELDS:
+        a[f] = NO_ID
+    return a
+
+
+def _as_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise SynfulError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def partners_from_records(records, source: str = "partners") -> np.ndarray:
+    """Partners from dicts with the database field names; missing ids (absent or None) become NO_ID."""
+    records = list(records)
+    out = empty_partners(len(records))
+    for i, r in enumerate(records):
+        for f in PARTNER_FIELDS:
+            v = r.get(f)
+            where = f"{source}[{i}] {f}"
+            if f == "score":
+                if v is None:
+                    v = 0.0
+                try:
+                    out[i][f] = float(v)
+                except (TypeError, ValueError):
+                    raise SynfulError(f"{where}: expected a number, got {v!r}") from None
+            elif v is None:
+                if f not in ID_FIELDS:
+                    raise SynfulError(f"{where}: missing")
+            else:
+                out[i][f] = _as_int(v, where)
+    return out
+
+
+def partners_to_records(partners: np.ndarray) -> list[dict]:
+    """Dicts with the database field names; NO_ID ids become None; Python ints and floats."""
+    recs = []
+    for p in partners:
+        r = {f: int(p[f]) for f in PARTNER_FIELDS if f != "score"}
+        r["score"] = float(p["score"])
+        for f in ID_FIELDS:
+            if r[f] == NO_ID:
+                r[f] = None
+        recs.append(r)
+    return recs
+
+
+def _atomic_write(path: Path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _location(v, where: str) -> tuple[int, int, int]:
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise SynfulError(f"{where}: expected [z, y, x] in nm, got {v!r}")
+    out = []
+    for c in v:
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise SynfulError(f"{where}: expected [z, y, x] in nm, got {v!r}")
+        out.append(int(round(c)))
+    return tuple(out)
+
+
+def read_partners_json(path) -> np.ndarray:
+    """Read FAFB benchmark JSON (list of links, locations in nm z/y/x)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SynfulError(f"{path}: partner file not found") from None
+    except json.JSONDecodeError as e:
+        raise SynfulError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise SynfulError(f"{path}: expected a JSON list of partner links")
+    out = empty_partners(len(data))
+    for i, link in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(link, dict):
+            raise SynfulError(f"{where}: expected an object")
+        for key in ("location_pre", "location_post"):
+            if key not in link:
+                raise SynfulError(f"{where} {key}: missing")
+        pre = _location(link["location_pre"], f"{where} location_pre")
+        post = _location(link["location_post"], f"{where} location_post")
+        out[i]["pre_z"], out[i]["pre_y"], out[i]["pre_x"] = pre
+        out[i]["post_z"], out[i]["post_y"], out[i]["post_x"] = post
+        out[i]["id"] = _as_int(link["id"], f"{where} id") if link.get("id") is not None else i
+        score = link.get("score")
+        out[i]["score"] = 0.0 if score is None else float(score)
+        for jkey, field in _JSON_IDS.items():
+            v = link.get(jkey)
+            if v is not None:
+                out[i][field] = _as_int(v, f"{where} {jkey}")
+    return out
+
+
+def write_partners_json(partners: np.ndarray, path) -> Path:
+    """Write FAFB benchmark JSON atomically; NO_ID ids are written as null."""
+    path = Path(path)
+    links = []
+    for p in partners:
+        link = {"id": int(p["id"])}
+        for jkey, field in _JSON_IDS.items():
+            link[jkey] = None if int(p[field]) == NO_ID else int(p[field])
+        link["location_pre"] = [int(p["pre_z"]), int(p["pre_y"]), int(p["pre_x"])]
+        link["location_post"] = [int(p["post_z"]), int(p["post_y"]), int(p["post_x"])]
+        link["score"] = float(p["score"])
+        links.append(link)
+    _atomic_write(path, lambda f: json.dump(links, f, indent=1))
+    return path
+
+
+def read_partners_csv(path) -> np.ndarray:
+    """Read CSV with a header of the database field names (id columns optional, empty = missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynfulError(f"{path}: partner file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x"} - set(reader.fieldnames or [])
+        if missing:
+            raise SynfulError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows = []
+        for row in reader:
+            rows.append({k: (None if v in ("", None) else v) for k, v in row.items()})
+    for i, r in enumerate(rows):
+        if r.get("id") is None:
+            r["id"] = i
+    return partners_from_records(rows, str(path))
+
+
+def write_partners_csv(partners: np.ndarray, path) -> Path:
+    """Write CSV with the database field names atomically; NO_ID ids are empty cells."""
+    path = Path(path)
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(PARTNER_FIELDS)
+        for r in partners_to_records(partners):
+            w.writerow(["" if r[k] is None else (repr(r[k]) if k == "score" else r[k]) for k in PARTNER_FIELDS])
+
+    _atomic_write(path, write)
+    return path
+
+
+def read_partners(path) -> np.ndarray:
+    """Read partners from ``.json`` (FAFB) or ``.csv`` by suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return read_partners_json(path)
+    if suffix == ".csv":
+        return read_partners_csv(path)
+    raise SynfulError(f"{path}: unknown partner file type (expected .json or .csv)")
+
+
+def write_partners(partners: np.ndarray, path) -> Path:
+    """Write partners to ``.json`` (FAFB) or ``.csv`` by suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return write_partners_json(partners, path)
+    if suffix == ".csv":
+        return write_partners_csv(partners, path)
+    raise SynfulError(f"{path}: unknown partner file type (expected .json or .csv)")
