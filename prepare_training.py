@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scaffold a training setup: python prepare_training.py -e EXP -t T [-d BASE_DIR] [-c] [--yes]"""
+"""Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter] [-d BASE_DIR] [-c] [--yes]"""
 
 import argparse
 import sys
@@ -15,6 +15,8 @@ def main(argv=None) -> int:
     p.add_argument("-t", "--train-id", type=int, required=True, help="train setup id")
     p.add_argument("-d", "--base-dir", default=str(Path(__file__).resolve().parent / "experiments"),
                    help="experiments base directory (default: experiments/ beside this script)")
+    p.add_argument("--kind", choices=("partner", "transmitter"), default="partner",
+                   help="partner detection (U-Net, default) or neurotransmitter classification (VGG3D)")
     p.add_argument("-c", "--clean", action="store_true", help="remove the setup (asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask before removing")
     args = p.parse_args(argv)
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
                     return 1
             print(f"removed {remove_train_setup(args.base_dir, args.experiment, args.train_id)}")
             return 0
-        print(f"created {create_train_setup(args.base_dir, args.experiment, args.train_id)}")
+        print(f"created {create_train_setup(args.base_dir, args.experiment, args.train_id, kind=args.kind)}")
         return 0
     except SynfulError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,9 +41,139 @@ def _run_validate(args) -> int:
     return 0
 
 
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="synaptic-partner f-score over a score-threshold sweep (CREMI / FAFB protocol)")
+    p.add_argument("target", help="evaluation JSON config, or a prediction setup directory (its [Evaluation])")
+    p.add_argument("--out", help="results directory (default: <config stem>_evaluation beside the JSON, "
+                                 "or <setup>/evaluation)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate_config, evaluate_run
+
+    target = Path(args.target)
+    if target.is_dir():
+        results, out_dir = evaluate_run(target, args.out)
+    else:
+        results, out_dir = evaluate_config(target, args.out)
+    for r in results:
+        print(f"score_thr {r['score_thr']:g}: fscore {r['fscore']:.4f} precision {r['precision']:.4f} "
+              f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})")
+    best = max(results, key=lambda r: r["fscore"])
+    print(f"best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g}; results in {out_dir}")
+    return 0
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="blockwise network prediction over the ROI of a prediction setup (resumable)")
+    p.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory (predict_config.ini, "
+                                                               "worker_config.ini)")
+    p.add_argument("--overwrite", action="store_true", help="delete the outputs and done markers and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_predict)
+    # internal: what a local subprocess or a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
+    w = sub.add_parser("predict-worker")
+    w.add_argument("predict_dir", metavar="PREDICT_DIR")
+    w.set_defaults(func=_run_predict_worker)
+
+
+def _run_predict(args) -> int:
+    from .predict import predict
+
+    meta = predict(args.predict_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    b = meta["blocks"]
+    print(f"predicted {b['total']} blocks ({b['skipped']} already done) in {meta['wall_seconds']:.1f} s, "
+          f"{(meta['voxels_per_second'] or 0) / 1e6:.3f} Mvoxel/s; outputs in {meta['config']['out_container']}")
+    return 0
+
+
+def _run_predict_worker(args) -> int:
+    from .predict import run_worker
+
+    run_worker(args.predict_dir)
+    return 0
+
+
+def _add_status(sub):
+    p = sub.add_parser("status", help="jobs of a setup directory: state, last checkpoint, log tail")
+    p.add_argument("setup_dir", help="training or prediction setup directory")
+    p.add_argument("--tail", type=int, default=20, help="log lines to show (default 20)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=_run_status)
+
+
+def _run_status(args) -> int:
+    import json
+
+    from .cluster import format_status, status
+
+    st = status(args.setup_dir, tail=args.tail)
+    print(json.dumps(st, indent=2) if args.json else format_status(st))
+    return 0
+
+
+def _add_transmitter(sub):
+    from .transmitters.cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_synthetic(sub):
+    p = sub.add_parser("synthetic", help="generate a synthetic EM volume with ground-truth synaptic partners")
+    p.add_argument("--out", required=True, help="output zarr container (CREMI layout)")
+    p.add_argument("--shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"), help="voxels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voxel-size", type=int, nargs=3, default=(40, 4, 4), metavar=("Z", "Y", "X"), help="nm")
+    p.add_argument("--offset", type=int, nargs=3, default=(0, 0, 0), metavar=("Z", "Y", "X"), help="nm")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing container with other parameters")
+    p.add_argument("--show", metavar="PNG", help="also write a PNG of a few sections with the sites")
+    p.set_defaults(func=_run_synthetic)
+
+
+def _run_synthetic(args) -> int:
+    from .io.cremi import read_annotations
+    from .synthetic import show, write_synthetic
+
+    path = write_synthetic(args.out, args.shape, seed=args.seed, voxel_size=args.voxel_size, offset=args.offset,
+                           overwrite=args.overwrite)
+    partners = read_annotations(path)
+    tbars = {(int(p["pre_z"]), int(p["pre_y"]), int(p["pre_x"])) for p in partners}
+    print(f"{path}: {len(tbars)} T-bars, {len(partners)} partners")
+    if args.show:
+        print(show(path, args.show))
+    return 0
+
+
+def _add_show(sub):
+    p = sub.add_parser("show", help="write a PNG of a few z-sections with ground-truth sites drawn on the raw")
+    p.add_argument("container", help="zarr / N5 / HDF5 container")
+    p.add_argument("--out", help="PNG path (default: the container with suffix .png)")
+    p.add_argument("--slices", type=int, default=4, help="number of sections (those with the most sites)")
+    p.add_argument("--raw-dataset", default="volumes/raw")
+    p.add_argument("--partners", help="a .json / .csv partner file (default: the container's CREMI annotations)")
+    p.set_defaults(func=_run_show)
+
+
+def _run_show(args) -> int:
+    from .synthetic import show
+
+    print(show(args.container, args.out, num_slices=args.slices, raw_dataset=args.raw_dataset,
+               partners=args.partners))
+    return 0
+
+
 # Each stage registers its subcommand here, in workflow order.
 COMMANDS = [
     _add_validate,
+    _add_synthetic,
+    _add_show,
+    _add_predict,
+    _add_evaluate,
+    _add_status,
+    _add_transmitter,
 ]
 
 

@@ -42,6 +42,13 @@ __all__ = [
     "TRAIN_SECTIONS",
     "PREDICT_SECTIONS",
     "WORKER_SECTIONS",
+    "SYNAPSE_TYPES",
+    "TransmitterTraining",
+    "TransmitterPrediction",
+    "TRANSMITTER_TRAIN_SECTIONS",
+    "TRANSMITTER_PREDICT_SECTIONS",
+    "read_transmitter_train_config",
+    "read_transmitter_predict_config",
     "read_config",
     "read_train_config",
     "read_predict_config",
@@ -116,12 +123,15 @@ class Training:
     defect_augment: bool = key(False, "missing / low-contrast section augmentation")
     mixed_precision: bool = key(False, "train with mixed_float16 (GPU only)")
     xla: bool = key(False, "compile the training step with XLA")
+    iterations: int = key(500000, "train until this iteration (python train.py N or --iterations N overrides)",
+                          minimum=1)
     checkpoint_every: int = key(2000, "save a checkpoint every N iterations", minimum=1)
     keep_checkpoints: int = key(5, "keep the last K checkpoints (0 keeps all)", minimum=0)
     snapshot_every: int = key(1000, "write a zarr snapshot every M iterations (0: never)", minimum=0)
     log_every: int = key(10, "write TensorBoard scalars every N iterations", minimum=1)
+    image_every: int = key(1000, "write TensorBoard image summaries every N iterations (0: never)", minimum=0)
     cache_size: int = key(40, "batches held by PreCache", minimum=1)
-    num_workers: int = key(5, "PreCache worker processes", minimum=1)
+    num_workers: int = key(5, "PreCache worker processes (0: load batches in the training process)", minimum=0)
     seed: int = key(42, "random seed", minimum=0)
 
 
@@ -150,8 +160,10 @@ class Prediction:
     vectors_dtype: str = key("float16", "vector storage: int8 (nm / vectors_scale), float16 or float32",
                              choices=("int8", "float16", "float32"))
     vectors_scale: float = key(4.0, "nm per int8 unit when vectors_dtype = int8", minimum=0)
-    batch_size: int = key(1, "blocks per network call", minimum=1)
+    batch_size: int = key(1, "network inputs (tiles of a block) per network call", minimum=1)
     mixed_precision: bool = key(False, "predict with mixed_float16 (GPU only)")
+    block_timeout: float = key(3600.0, "seconds one block may take before its worker is killed and the block retried",
+                               minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,26 +196,32 @@ class Extraction:
 
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
-    """[Evaluation] of predict_config.ini: the synaptic-partner metric (keys as the evaluation JSON)."""
+    """[Evaluation] of predict_config.ini: the synaptic-partner metric (keys as the evaluation JSON).
 
-    gt_synlinks: Optional[str] = key(None, "ground-truth partners (FAFB JSON, CREMI HDF5); None: from the manifest sample",
-                                     path=True)
-    pred_synlinks: Optional[str] = key(None, "predicted partners (FAFB JSON); None: this run's result collection", path=True)
-    skeleton_ids: Optional[str] = key(None, "file with one neuron id per line (FAFB protocol); None: all partners at once",
-                                      path=True)
-    score_thresholds: list[float] = key([0.0], "score thresholds to sweep")
+    Matching id type (no key): skeleton ids when skeleton_ids is set or both
+    predictions and ground truth carry skeleton ids, else segment ids when both
+    carry segment ids, else locations only (see synful.evaluate).
+    """
+
+    gt_synlinks: Optional[str] = key(None, "ground-truth partners (FAFB JSON, CSV, or CREMI HDF5/zarr annotations); "
+                                           "None: the partners of the manifest sample", path=True)
+    pred_synlinks: Optional[str] = key(None, "predicted partners (FAFB JSON or CSV); None: this run's result collection",
+                                       path=True)
+    skeleton_ids: Optional[str] = key(None, "file with one neuron (skeleton) id per line: FAFB protocol, evaluated per "
+                                            "neuron and matched by skeleton ids; None: all partners at once", path=True)
+    score_thresholds: list[float] = key([0.0], "score thresholds to sweep (keep score >= threshold)")
     matching_threshold: float = key(400.0, "maximal matching distance, nm", minimum=0)
     matching_threshold_only_pre: bool = key(False, "match on pre-site distance only")
-    matching_threshold_only_post: bool = key(False, "match on post-site distance only")
-    only_input_synapses: bool = key(False, "per neuron, evaluate only its input synapses")
-    only_output_synapses: bool = key(False, "per neuron, evaluate only its output synapses")
+    matching_threshold_only_post: bool = key(False, "match on post-site distance only (both false: both sites, cost their mean)")
+    only_input_synapses: bool = key(False, "per neuron, evaluate only its input synapses (needs skeleton_ids)")
+    only_output_synapses: bool = key(False, "per neuron, evaluate only its output synapses (needs skeleton_ids)")
     filter_same_id: bool = key(True, "drop predictions whose pre id equals their post id")
     filter_same_id_type: str = key("seg", "id type for filter_same_id: seg or skel", choices=("seg", "skel"))
-    filter_redundant: bool = key(True, "keep one prediction per cluster of nearby post sites of the same pair")
+    filter_redundant: bool = key(True, "keep the best-scoring prediction per cluster of nearby post sites of the same pair")
     filter_redundant_dist_thr: float = key(100.0, "clustering distance of filter_redundant, nm", minimum=0)
     filter_redundant_id_type: str = key("seg", "id type for filter_redundant: seg or skel", choices=("seg", "skel"))
     filter_redundant_ignore_ids: list[int] = key([], "ids never clustered by filter_redundant")
-    filter_seg_ids: list[int] = key([0], "drop predictions whose pre or post segment id is listed")
+    filter_seg_ids: list[int] = key([0], "drop predictions whose pre or post segment id is listed (e.g. 0, background)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,25 +229,93 @@ class Worker:
     """[Worker] of worker_config.ini: where and with what resources a stage runs."""
 
     executor: str = key("local", "local (this machine) or slurm (submitit)", choices=("local", "slurm"))
-    cluster_profile: Optional[str] = key(None, "cluster profile from configs/clusters/ giving site defaults")
+    cluster_profile: Optional[str] = key(None, "cluster profile: a name in configs/clusters/ (e.g. local) or a YAML path; "
+                                           "keys left at their built-in default take its values")
     singularity_container: Optional[str] = key(None, "Singularity/Apptainer image (.sif) to run in; None: no container",
                                                path=True)
-    mount_dirs: list[str] = key([], "directories bound into the container")
-    queue: str = key("gpu", "Slurm partition")
+    mount_dirs: list[str] = key([], "directories bound into the container, each SRC or SRC:DST[:ro]; SRC must exist")
+    queue: str = key("gpu", "Slurm partition (checked with sinfo before submitting)")
     num_cpus: int = key(5, "CPUs per job", minimum=1)
     mem: str = key("25G", "memory per job (Slurm syntax, e.g. 25G)")
     gpus: int = key(1, "GPUs per job", minimum=0)
     time_limit: str = key("48:00:00", "wall-clock limit per job (HH:MM:SS or minutes)")
-    num_block_workers: int = key(0, "blockwise workers; 0: one per GPU, or one per 2 CPUs without GPUs", minimum=0)
+    num_block_workers: int = key(0, "blockwise workers; 0: local: one per GPU (NVML), or one per 2 CPUs without GPUs; "
+                                 "slurm: 1", minimum=0)
     num_cache_workers: int = key(5, "data-loading processes per training job", minimum=0)
-    max_retries: int = key(2, "times a failed block or worker is retried", minimum=0)
+    max_retries: int = key(2, "times a failed block is retried and a failed worker replaced", minimum=0)
     account: Optional[str] = key(None, "Slurm account")
-    sbatch_extra: list[str] = key([], "extra sbatch options, e.g. --qos=high")
+    sbatch_extra: list[str] = key([], "extra sbatch options in long form, e.g. --qos=high, --exclusive")
+
+
+# the six transmitters of Eckstein et al. (Cell 2024), in Synister's order of the FAFB data
+SYNAPSE_TYPES = ("gaba", "acetylcholine", "glutamate", "serotonin", "octopamine", "dopamine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransmitterTraining:
+    """[TransmitterTraining] of transmitter_train_config.ini: data, split, VGG3D and the training loop."""
+
+    store_url: str = key("sqlite:///../../01_data/transmitters.sqlite",
+                         "synapse/skeleton/split store: sqlite:///path (relative to this file's folder) or mongodb://host:port")
+    database: str = key("synister", "database holding the synapses, skeletons, hemilineages and splits collections")
+    credentials_file: Optional[str] = key(None, "file holding the MongoDB URL with credentials; never logged", path=True)
+    credentials_env: Optional[str] = key(None, "environment variable holding the MongoDB URL with credentials; never logged")
+    split_name: str = key("skeleton", "split (made by `synful transmitter split`) whose train part is trained on")
+    raw_container: str = key("../../01_data/raw.zarr", "raw EM container (zarr/N5/HDF5) the synapse locations refer to",
+                             path=True)
+    raw_dataset: str = key("volumes/raw", "raw dataset inside raw_container")
+    synapse_types: list[str] = key(list(SYNAPSE_TYPES), "transmitter classes, in output order")
+    neither_class: bool = key(False, "add a last class 'neither' for synapses whose known transmitter is not in synapse_types")
+    voxel_size: Int3 = key((40, 4, 4), "voxel size of the raw data, nm (z, y, x)", minimum=1)
+    input_shape: Int3 = key((16, 160, 160), "cube centred on each synapse, voxels (z, y, x)", minimum=1)
+    fmaps: int = key(12, "feature maps of the first VGG level", minimum=1)
+    fmap_inc: list[int] = key([2, 2, 2, 2], "feature-map multiplier per level", minimum=1)
+    n_convolutions: list[int] = key([2, 2, 2, 2], "convolutions per level", minimum=1)
+    downsample_factors: list[Int3] = key([(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)],
+                                         "max-pooling factor after each level, voxels (z, y, x)", minimum=1)
+    fc_size: int = key(4096, "units of each of the two fully connected layers", minimum=1)
+    dropout: float = key(0.5, "dropout rate before each fully connected layer", minimum=0, maximum=1)
+    batch_norm: bool = key(True, "batch normalisation after each convolution")
+    batch_size: int = key(8, "cubes per training step", minimum=1)
+    learning_rate: float = key(1e-4, "Adam learning rate", minimum=0)
+    elastic_augment: bool = key(True, "anisotropic elastic augmentation")
+    simple_augment: bool = key(True, "in-plane mirror and transpose augmentation")
+    intensity_augment: bool = key(True, "intensity scale and shift augmentation")
+    mixed_precision: bool = key(False, "train with mixed_float16 (GPU only)")
+    checkpoint_every: int = key(1000, "save a checkpoint every N iterations", minimum=1)
+    keep_checkpoints: int = key(5, "keep the last K checkpoints (0 keeps all)", minimum=0)
+    log_every: int = key(10, "write TensorBoard scalars every N iterations", minimum=1)
+    cache_size: int = key(40, "batches held by PreCache", minimum=1)
+    num_workers: int = key(5, "PreCache worker processes (0: load batches in the training process)", minimum=0)
+    seed: int = key(42, "random seed", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransmitterPrediction:
+    """[TransmitterPrediction] of transmitter_predict_config.ini: classify every synapse of one split part."""
+
+    train_setup: str = key("../../02_train/setup_t0", "training setup directory holding the checkpoints", path=True)
+    iteration: int = key(doc="checkpoint iteration to predict with", minimum=1)
+    split_part: str = key("test", "which part of the split to predict: train, validation or test",
+                          choices=("train", "validation", "test"))
+    split_name: Optional[str] = key(None, "split to predict; None: the training setup's split_name")
+    store_url: Optional[str] = key(None, "store of synapses and predictions; None: the training setup's")
+    database: Optional[str] = key(None, "database; None: the training setup's (predictions go to <database>_predictions)")
+    credentials_file: Optional[str] = key(None, "file holding the MongoDB URL with credentials; never logged", path=True)
+    credentials_env: Optional[str] = key(None, "environment variable holding the MongoDB URL with credentials; never logged")
+    raw_container: Optional[str] = key(None, "raw container; None: the training setup's", path=True)
+    raw_dataset: Optional[str] = key(None, "raw dataset; None: the training setup's")
+    batch_size: int = key(16, "cubes per network call", minimum=1)
+    num_workers: int = key(1, "worker processes, each predicting a share of the synapses", minimum=1)
+    overwrite: bool = key(False, "replace an existing prediction collection of this run (otherwise refuse)")
+    mixed_precision: bool = key(False, "predict with mixed_float16 (GPU only)")
 
 
 TRAIN_SECTIONS = (Training,)
 PREDICT_SECTIONS = (Prediction, Extraction, Evaluation)
 WORKER_SECTIONS = (Worker,)
+TRANSMITTER_TRAIN_SECTIONS = (TransmitterTraining,)
+TRANSMITTER_PREDICT_SECTIONS = (TransmitterPrediction,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,6 +553,16 @@ def read_worker_config(path) -> Worker:
     return read_config(path, WORKER_SECTIONS)[Worker]
 
 
+def read_transmitter_train_config(path) -> TransmitterTraining:
+    """Read a transmitter_train_config.ini ([TransmitterTraining])."""
+    return read_config(path, TRANSMITTER_TRAIN_SECTIONS)[TransmitterTraining]
+
+
+def read_transmitter_predict_config(path) -> TransmitterPrediction:
+    """Read a transmitter_predict_config.ini ([TransmitterPrediction])."""
+    return read_config(path, TRANSMITTER_PREDICT_SECTIONS)[TransmitterPrediction]
+
+
 def to_dict(section) -> dict:
     """A section instance as a plain JSON-able dict."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(section).items()}
@@ -583,7 +679,9 @@ def write_config(path, *sections) -> Path:
 def config_reference_markdown() -> str:
     """The README's reference of every config key, generated from the dataclasses."""
     files = (("train_config.ini", TRAIN_SECTIONS), ("predict_config.ini", PREDICT_SECTIONS),
-             ("worker_config.ini", WORKER_SECTIONS))
+             ("worker_config.ini", WORKER_SECTIONS),
+             ("transmitter_train_config.ini", TRANSMITTER_TRAIN_SECTIONS),
+             ("transmitter_predict_config.ini", TRANSMITTER_PREDICT_SECTIONS))
     out = io.StringIO()
     for fname, sections in files:
         for cls in sections:
@@ -606,7 +704,9 @@ def write_templates(out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, sections in (("train_config.ini", TRAIN_SECTIONS), ("predict_config.ini", PREDICT_SECTIONS),
-                           ("worker_config.ini", WORKER_SECTIONS)):
+                           ("worker_config.ini", WORKER_SECTIONS),
+                           ("transmitter_train_config.ini", TRANSMITTER_TRAIN_SECTIONS),
+                           ("transmitter_predict_config.ini", TRANSMITTER_PREDICT_SECTIONS)):
         (out_dir / name).write_text(render_template(sections))
         written.append(out_dir / name)
     return written

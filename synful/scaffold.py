@@ -21,8 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import (PREDICT_SECTIONS, TRAIN_SECTIONS, WORKER_SECTIONS, fill_template, read_predict_config,
-                     read_train_config, read_worker_config, render_template)
+from .config import (PREDICT_SECTIONS, TRAIN_SECTIONS, TRANSMITTER_PREDICT_SECTIONS, TRANSMITTER_TRAIN_SECTIONS,
+                     WORKER_SECTIONS, fill_template, read_predict_config, read_train_config,
+                     read_transmitter_predict_config, read_transmitter_train_config, read_worker_config,
+                     render_template)
 from .errors import SynfulError
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "create_predict_setups",
     "run_ids",
     "validate_setup",
+    "setup_kind",
+    "KINDS",
 ]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -44,7 +48,11 @@ _TEMPLATE_SECTIONS = {
     "train_config.ini": TRAIN_SECTIONS,
     "predict_config.ini": PREDICT_SECTIONS,
     "worker_config.ini": WORKER_SECTIONS,
+    "transmitter_train_config.ini": TRANSMITTER_TRAIN_SECTIONS,
+    "transmitter_predict_config.ini": TRANSMITTER_PREDICT_SECTIONS,
 }
+#: setup kinds: partner detection (U-Net) or neurotransmitter classification (VGG3D); config file prefix
+KINDS = {"partner": "", "transmitter": "transmitter_"}
 
 TRAIN_LAUNCHER = '''#!/usr/bin/env python
 """Train this setup: python train.py [ITERATIONS]. Everything else comes from train_config.ini."""
@@ -58,6 +66,8 @@ if len(sys.argv) > 1:
     args += ["--iterations"] + sys.argv[1:2]
 sys.exit(main(args + sys.argv[2:]))
 '''
+
+TRANSMITTER_TRAIN_LAUNCHER = TRAIN_LAUNCHER.replace('args = ["train", ', 'args = ["transmitter", "train", ')
 
 
 class ScaffoldError(SynfulError):
@@ -128,8 +138,20 @@ def _atomic_dir(target: Path, files: dict[str, str], executable: tuple = ()):
         raise ScaffoldError(f"{target}: cannot create setup: {e}") from None
 
 
-def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: dict | None = None) -> Path:
+def setup_kind(setup_dir) -> str:
+    """``transmitter`` if the setup holds a transmitter_train/predict_config.ini, else ``partner``."""
+    setup_dir = Path(setup_dir)
+    if any((setup_dir / f"transmitter_{n}_config.ini").is_file() for n in ("train", "predict")):
+        return "transmitter"
+    return "partner"
+
+
+def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: dict | None = None,
+                       kind: str = "partner") -> Path:
     """Create ``02_train/setup_t<T>`` with train_config.ini, worker_config.ini and train.py.
+
+    ``kind="transmitter"`` writes transmitter_train_config.ini instead of
+    train_config.ini, and a train.py that runs ``synful transmitter train``.
 
     ``overrides`` is {file name: {section: {key: value}}} applied to the
     templates.  Raises ScaffoldError when the setup exists.
@@ -142,10 +164,13 @@ def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: d
         raise ScaffoldError(f"{target}: setup already exists (remove it with -c)")
     overrides = overrides or {}
     (Path(base_dir) / experiment / "01_data").mkdir(parents=True, exist_ok=True)
+    if kind not in KINDS:
+        raise ScaffoldError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    train_ini = f"{KINDS[kind]}train_config.ini"
     files = {
-        "train_config.ini": fill_template(template_text("train_config.ini"), overrides.get("train_config.ini", {})),
+        train_ini: fill_template(template_text(train_ini), overrides.get(train_ini, {})),
         "worker_config.ini": fill_template(template_text("worker_config.ini"), overrides.get("worker_config.ini", {})),
-        "train.py": TRAIN_LAUNCHER,
+        "train.py": TRANSMITTER_TRAIN_LAUNCHER if kind == "transmitter" else TRAIN_LAUNCHER,
     }
     _atomic_dir(target, files, executable=("train.py",))
     return target
@@ -177,7 +202,9 @@ def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, 
     """
     _check_name(experiment)
     train_dir = train_setup_dir(base_dir, experiment, train_id)
-    if not (train_dir / "train_config.ini").is_file():
+    kind = setup_kind(train_dir)
+    predict_ini = f"{KINDS[kind]}predict_config.ini"
+    if not (train_dir / f"{KINDS[kind]}train_config.ini").is_file():
         raise ScaffoldError(f"{train_dir}: train setup does not exist (run prepare_training.py -e {experiment} "
                             f"-t {train_id} first)")
     iterations = [int(i) for i in iterations]
@@ -188,8 +215,8 @@ def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, 
     p = _next_predict_id(base_dir, experiment, train_id)
     for it in iterations:
         target = predict_setup_dir(base_dir, experiment, train_id, p)
-        pvals = {s: dict(kv) for s, kv in overrides.get("predict_config.ini", {}).items()}
-        pvals.setdefault("Prediction", {}).update({
+        pvals = {s: dict(kv) for s, kv in overrides.get(predict_ini, {}).items()}
+        pvals.setdefault("TransmitterPrediction" if kind == "transmitter" else "Prediction", {}).update({
             "train_setup": os.path.relpath(train_dir, target),
             "iteration": it,
             "split_part": "validation" if validation else "test",
@@ -198,7 +225,7 @@ def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, 
         wtext = (train_dir / "worker_config.ini").read_text() if (train_dir / "worker_config.ini").is_file() \
             else template_text("worker_config.ini")
         files = {
-            "predict_config.ini": fill_template(template_text("predict_config.ini"), pvals),
+            predict_ini: fill_template(template_text(predict_ini), pvals),
             "worker_config.ini": fill_template(wtext, wvals),
         }
         _atomic_dir(target, files)
@@ -215,7 +242,9 @@ def validate_setup(setup_dir) -> list[Path]:
     """
     setup_dir = Path(setup_dir)
     readers = {"train_config.ini": read_train_config, "predict_config.ini": read_predict_config,
-               "worker_config.ini": read_worker_config}
+               "worker_config.ini": read_worker_config,
+               "transmitter_train_config.ini": read_transmitter_train_config,
+               "transmitter_predict_config.ini": read_transmitter_predict_config}
     checked = []
     for name, reader in readers.items():
         path = setup_dir / name

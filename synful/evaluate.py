@@ -1,0 +1,787 @@
+"""Evaluation: the synaptic-partner f-score (CREMI / Synful metric, FAFB benchmark protocol).
+
+Partners are :data:`~synful.io.partners.PARTNER_DTYPE` arrays (locations in nm,
+(z, y, x); missing ids are ``NO_ID``).  Settings are one
+:class:`synful.config.Evaluation` (the ``[Evaluation]`` section of
+predict_config.ini, or the evaluation JSON read by
+:func:`read_evaluation_json`; both share that one typed definition).
+
+Filters on predictions, in this order (:func:`filter_partners`):
+
+1. ``filter_seg_ids``: drop partners whose pre or post *segment* id is listed
+   (a missing id never matches);
+2. keep ``score >= score_thr``;
+3. ``filter_same_id``: drop partners whose pre id equals their post id
+   (``filter_same_id_type``: seg or skel; two missing ids are not "the same");
+4. ``filter_redundant``: within each (pre id, post id) group
+   (``filter_redundant_id_type``) single-linkage clusters of post sites with
+   ``0 < d <= filter_redundant_dist_thr`` (nm; d exactly 0 does not link) keep
+   only their highest-scoring member, the first in input order on a tie.
+   Partners with a missing id, or with an id in
+   ``filter_redundant_ignore_ids``, are never clustered.
+
+Matching (:func:`match_partners`): a prediction and a ground-truth partner are
+a feasible pair only if their (pre id, post id) pairs are equal with no id
+missing (when matching by ids) and their distance is within
+``matching_threshold`` (nm): the pre-site distance
+(``matching_threshold_only_pre``), the post-site distance
+(``matching_threshold_only_post``) or both distances (cost: their mean).
+Predictions in a pair without ground truth are thus false positives and ground
+truth in a pair without predictions false negatives.  Within a shared pair the
+one-to-one assignment minimises the summed cost of a square matrix whose
+infeasible and padding cells cost ``2 x matching_threshold``
+(scipy.optimize.linear_sum_assignment); assigned feasible cells are true
+positives.  Because infeasible and padding cells share one cost, that
+assignment splits exactly over the connected components of the feasible
+graph: a component with one prediction or one ground-truth partner yields one
+true positive directly, larger ones are solved as their own padded square
+matrix.  (With ``matching_threshold`` 0 infeasible cells cost 1 nm, so that
+they still cost more than feasible ones.)
+
+Which ids match (the evaluation JSON has no key for it), see
+:func:`resolve_id_type`: skeleton ids when ``skeleton_ids`` is given (the FAFB
+protocol) or when predictions and ground truth both carry skeleton ids, else
+segment ids when both carry segment ids, else none (plain Hungarian matching
+on locations).
+
+FAFB benchmark protocol (:func:`evaluate` with ``skeleton_ids``): for each
+neuron, the predictions and ground truth touching it (pre or post skeleton id;
+only its inputs with ``only_input_synapses``: post skeleton id; only its
+outputs with ``only_output_synapses``: pre skeleton id) are filtered and
+matched on their own; tp, fp, fn, predcount and gtcount are summed over
+neurons, so a link between two listed neurons counts under each of them.
+Precision, recall and f-score come from the sums (0 where undefined).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import types
+import typing
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from .config import ConfigError, Evaluation, read_predict_config, to_dict
+from .errors import SynfulError
+from .io.partners import NO_ID, PARTNER_DTYPE, read_partners
+
+__all__ = [
+    "EvaluationError",
+    "Matching",
+    "MATCH_DTYPE",
+    "read_evaluation_json",
+    "read_skeleton_ids",
+    "read_ground_truth",
+    "resolve_id_type",
+    "filter_partners",
+    "match_partners",
+    "evaluate",
+    "write_results",
+    "plot_precision_recall",
+    "evaluate_config",
+    "evaluate_run",
+    "results_filename",
+]
+
+logger = logging.getLogger(__name__)
+
+#: one true-positive match: indices into the prediction and ground-truth arrays, cost in nm
+MATCH_DTYPE = np.dtype([("pred", np.int64), ("gt", np.int64), ("cost", np.float64)])
+
+#: keys the evaluation JSON must hold (the others default as in :class:`synful.config.Evaluation`)
+JSON_REQUIRED = ("pred_synlinks", "gt_synlinks")
+_CREMI_SUFFIXES = (".h5", ".hdf", ".hdf5", ".zarr", ".n5")
+_ID_FIELDS = {"seg": ("pre_seg_id", "post_seg_id"), "skel": ("pre_skel_id", "post_skel_id")}
+_SITE_FIELDS = {"pre": ("pre_z", "pre_y", "pre_x"), "post": ("post_z", "post_y", "post_x")}
+
+
+class EvaluationError(SynfulError):
+    """Evaluation input (partners, skeleton ids, run) is missing or invalid; the message names it."""
+
+
+class Matching(NamedTuple):
+    """Result of :func:`match_partners`: counts and the true-positive matches (:data:`MATCH_DTYPE`)."""
+
+    tp: int
+    fp: int
+    fn: int
+    matches: np.ndarray
+
+
+# --------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------
+
+def _json_value(tp, value, where: str):
+    """``value`` (parsed JSON) checked against type hint ``tp``; numbers widen int -> float."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _json_value(inner, value, where)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a JSON list, got {json.dumps(value)}")
+        return [_json_value(inner, v, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {json.dumps(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {json.dumps(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {json.dumps(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {json.dumps(value)}")
+    raise TypeError(tp)  # a key type this reader does not know: a programming error
+
+
+def _check_meta(meta: dict, value, where: str):
+    if value is None:
+        return
+    choices, lo, hi = meta.get("choices"), meta.get("minimum"), meta.get("maximum")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {json.dumps(value)}")
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo:
+                raise ConfigError(f"{where}: must be >= {lo:g}, got {json.dumps(value)}")
+            if hi is not None and v > hi:
+                raise ConfigError(f"{where}: must be <= {hi:g}, got {json.dumps(value)}")
+
+
+def check_settings(settings: Evaluation, source: str) -> Evaluation:
+    """Cross-key checks shared by the JSON and ini paths; ``source`` prefixes the message."""
+    if settings.only_input_synapses and settings.only_output_synapses:
+        raise ConfigError(f"{source} only_output_synapses: only_input_synapses and only_output_synapses "
+                          f"cannot both be true")
+    if settings.matching_threshold_only_pre and settings.matching_threshold_only_post:
+        raise ConfigError(f"{source} matching_threshold_only_post: matching_threshold_only_pre and "
+                          f"matching_threshold_only_post cannot both be true (both false matches on both sites)")
+    if not settings.score_thresholds:
+        raise ConfigError(f"{source} score_thresholds: give at least one score threshold")
+    if (settings.only_input_synapses or settings.only_output_synapses) and settings.skeleton_ids is None:
+        key = "only_input_synapses" if settings.only_input_synapses else "only_output_synapses"
+        raise ConfigError(f"{source} {key}: needs skeleton_ids (inputs and outputs are per neuron)")
+    return settings
+
+
+def read_evaluation_json(path) -> Evaluation:
+    """Read and validate an evaluation JSON config into :class:`synful.config.Evaluation`.
+
+    The JSON object holds exactly the [Evaluation] keys; ``pred_synlinks`` and
+    ``gt_synlinks`` are required, the others default as in the dataclass.
+    Relative paths resolve against the config file's folder.  Unknown keys,
+    missing required keys, wrong types or out-of-range values raise
+    :class:`~synful.config.ConfigError` naming the file and key.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: cannot read config: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object of evaluation settings")
+    fields = {f.name: f for f in dataclasses.fields(Evaluation)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source} {unknown[0]}: unknown key (known keys: {', '.join(fields)})")
+    for k in JSON_REQUIRED:
+        if k not in data:
+            raise ConfigError(f"{source} {k}: missing required key ({fields[k].metadata['doc']})")
+    hints = typing.get_type_hints(Evaluation)
+    base = path.parent.resolve()
+    values = {}
+    for k, v in data.items():
+        where = f"{source} {k}"
+        value = _json_value(hints[k], v, where)
+        _check_meta(fields[k].metadata, value, where)
+        if fields[k].metadata.get("path") and value is not None:
+            value = str((base / os.path.expanduser(value)).resolve())
+        values[k] = value
+    for k in JSON_REQUIRED:
+        if values[k] is None:
+            raise ConfigError(f"{source} {k}: required, got null")
+    return check_settings(Evaluation(**values), source)
+
+
+def read_skeleton_ids(path) -> np.ndarray:
+    """Neuron (skeleton) ids from a text file: one integer per line (first comma/space-separated field).
+
+    Blank lines and ``#`` comments are skipped; a non-numeric first line is
+    taken as a header.  Duplicates are dropped (first kept).  Returns int64.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: skeleton id file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvaluationError(f"{path}: cannot read skeleton ids: {e}") from None
+    ids: list[int] = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].replace(",", " ").split()
+        if not text:
+            continue
+        try:
+            ids.append(int(text[0]))
+        except ValueError:
+            if n == 1:
+                continue  # header
+            raise EvaluationError(f"{path}:{n}: expected a skeleton id (integer), got {text[0]!r}") from None
+    unique = list(dict.fromkeys(ids))
+    if len(unique) != len(ids):
+        logger.warning("%s: %d duplicate skeleton id(s) ignored", path, len(ids) - len(unique))
+    if not unique:
+        raise EvaluationError(f"{path}: no skeleton ids")
+    return np.asarray(unique, dtype=np.int64)
+
+
+def read_ground_truth(path) -> np.ndarray:
+    """Partners from FAFB JSON / CSV, or CREMI annotations (HDF5, zarr, N5) via synful.io.cremi."""
+    path = Path(path)
+    if path.suffix.lower() in _CREMI_SUFFIXES:
+        try:
+            from .io.cremi import read_annotations
+        except ImportError:
+            raise EvaluationError(f"{path}: reading CREMI annotations needs synful.io.cremi") from None
+        if not path.exists():
+            raise EvaluationError(f"{path}: annotation container not found")
+        return np.asarray(read_annotations(path), dtype=PARTNER_DTYPE)
+    return read_partners(path)
+
+
+def resolve_id_type(pred: np.ndarray, gt: np.ndarray, skeleton_ids=None, id_type: str | None = "auto"):
+    """The id type partners are matched by: ``"skel"``, ``"seg"`` or None (locations only).
+
+    ``id_type="auto"``: ``"skel"`` when ``skeleton_ids`` is given (the FAFB
+    protocol) or when both arrays hold a partner with both skeleton ids; else
+    ``"seg"`` when both hold a partner with both segment ids; else None.  Any
+    other value (``"skel"``, ``"seg"``, None) is returned as is.
+    """
+    if id_type != "auto":
+        if id_type not in ("seg", "skel", None):
+            raise ValueError(f"id_type must be 'auto', 'seg', 'skel' or None, got {id_type!r}")
+        return id_type
+    if skeleton_ids is not None:
+        return "skel"
+
+    def carries(a, kind):
+        pre, post = _ID_FIELDS[kind]
+        return bool(np.any((a[pre] != NO_ID) & (a[post] != NO_ID)))
+
+    for kind in ("skel", "seg"):
+        if carries(pred, kind) and carries(gt, kind):
+            return kind
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# core: filters and matching on index sets
+# --------------------------------------------------------------------------------------
+
+def _as_partners(a, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != PARTNER_DTYPE:
+        raise EvaluationError(f"{name}: expected a PARTNER_DTYPE array, got dtype {a.dtype}")
+    return a.reshape(-1)
+
+
+def _sites(a: np.ndarray, which: str) -> np.ndarray:
+    return np.stack([a[f] for f in _SITE_FIELDS[which]], axis=1).astype(np.int64)
+
+
+def _static_mask(pred: np.ndarray, s: Evaluation) -> np.ndarray:
+    """Score-independent filters: filter_seg_ids and filter_same_id."""
+    keep = np.ones(len(pred), dtype=bool)
+    if s.filter_seg_ids:
+        listed = np.asarray(s.filter_seg_ids, dtype=np.int64)
+        for f in ("pre_seg_id", "post_seg_id"):
+            keep &= ~((pred[f] != NO_ID) & np.isin(pred[f], listed))
+    if s.filter_same_id:
+        pre, post = (pred[f] for f in _ID_FIELDS[s.filter_same_id_type])
+        keep &= ~((pre == post) & (pre != NO_ID))
+    return keep
+
+
+def _redundancy_edges(pred: np.ndarray, s: Evaluation) -> np.ndarray:
+    """(k, 2) index pairs i < j of predictions that link: same group, 0 < d(post) <= dist_thr."""
+    pre, post = (pred[f] for f in _ID_FIELDS[s.filter_redundant_id_type])
+    ok = (pre != NO_ID) & (post != NO_ID)
+    if s.filter_redundant_ignore_ids:
+        ignore = np.asarray(s.filter_redundant_ignore_ids, dtype=np.int64)
+        ok &= ~np.isin(pre, ignore) & ~np.isin(post, ignore)
+    idx = np.flatnonzero(ok)
+    thr = float(s.filter_redundant_dist_thr)
+    if len(idx) < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    sites = _sites(pred[idx], "post")
+    pairs = cKDTree(sites).query_pairs(thr * (1 + 1e-9) + 1e-9, output_type="ndarray").astype(np.int64)
+    a, b = pairs[:, 0], pairs[:, 1]
+    d2 = ((sites[a] - sites[b]) ** 2).sum(axis=1)
+    link = (d2 > 0) & (d2 <= thr * thr) & (pre[idx][a] == pre[idx][b]) & (post[idx][a] == post[idx][b])
+    e = np.stack([idx[a[link]], idx[b[link]]], axis=1)
+    return np.sort(e, axis=1)
+
+
+def _match_edges(pred: np.ndarray, gt: np.ndarray, s: Evaluation, id_type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feasible (pred index, gt index, cost nm) triples (see the module doc)."""
+    t = float(s.matching_threshold)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+    if len(pred) == 0 or len(gt) == 0:
+        return empty
+    mode = "pre" if s.matching_threshold_only_pre else "post" if s.matching_threshold_only_post else "both"
+    query = "pre" if mode == "pre" else "post"
+    ps, gs = _sites(pred, query), _sites(gt, query)
+    r = t * (1 + 1e-9) + 1e-9  # candidates; the exact test below is on integer squared distances
+    cand = cKDTree(ps).sparse_distance_matrix(cKDTree(gs), r, output_type="ndarray")
+    i, j = cand["i"].astype(np.int64), cand["j"].astype(np.int64)
+    d2 = ((ps[i] - gs[j]) ** 2).sum(axis=1)
+    ok = d2 <= t * t
+    if id_type is not None:
+        pa, pb = (pred[f] for f in _ID_FIELDS[id_type])
+        ga, gb = (gt[f] for f in _ID_FIELDS[id_type])
+        ok &= (pa[i] != NO_ID) & (pb[i] != NO_ID) & (pa[i] == ga[j]) & (pb[i] == gb[j])
+    i, j, d2 = i[ok], j[ok], d2[ok]
+    if mode == "both":
+        pre2 = ((_sites(pred[i], "pre") - _sites(gt[j], "pre")) ** 2).sum(axis=1)
+        ok = pre2 <= t * t
+        i, j, d2, pre2 = i[ok], j[ok], d2[ok], pre2[ok]
+        cost = 0.5 * (np.sqrt(pre2) + np.sqrt(d2))
+    else:
+        cost = np.sqrt(d2).astype(np.float64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], cost[order]
+
+
+def _redundant_keep(n: int, keep: np.ndarray, score: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``keep`` minus the non-best members of each cluster (local indices 0..n-1, input order)."""
+    if len(edges) == 0:
+        return keep
+    live = keep[edges[:, 0]] & keep[edges[:, 1]]
+    if not live.any():
+        return keep
+    e = edges[live]
+    graph = coo_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    idx = np.flatnonzero(keep)
+    # best per cluster: highest score, then lowest index (input order)
+    order = idx[np.lexsort((idx, -score[idx], labels[idx]))]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = labels[order[1:]] != labels[order[:-1]]
+    out = np.zeros(n, dtype=bool)
+    out[order[first]] = True
+    return out
+
+
+def _assign(pi: np.ndarray, gj: np.ndarray, cost: np.ndarray, threshold: float,
+            n_pred: int, n_gt: int) -> np.ndarray:
+    """True-positive matches among feasible edges (pi, gj, cost) as a MATCH_DTYPE array."""
+    if len(pi) == 0:
+        return np.empty(0, dtype=MATCH_DTYPE)
+    infeasible = 2.0 * threshold if threshold > 0 else 1.0
+    nodes_g = n_pred + gj
+    graph = coo_matrix((np.ones(len(pi), np.int8), (pi, nodes_g)), shape=(n_pred + n_gt,) * 2)
+    _, labels = connected_components(graph, directed=False)
+    lab = labels[pi]
+    npred = np.bincount(labels[np.unique(pi)], minlength=labels.max() + 1)
+    ngt = np.bincount(labels[n_pred + np.unique(gj)], minlength=labels.max() + 1)
+    star = (npred[lab] == 1) | (ngt[lab] == 1)
+    out = []
+    # a component with one prediction or one gt partner: its cheapest edge (first on a tie)
+    if star.any():
+        si, sj, sc, sl = pi[star], gj[star], cost[star], lab[star]
+        order = np.lexsort((np.arange(len(sc)), sc, sl))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = sl[order[1:]] != sl[order[:-1]]
+        o = order[first]
+        m = np.empty(len(o), dtype=MATCH_DTYPE)
+        m["pred"], m["gt"], m["cost"] = si[o], sj[o], sc[o]
+        out.append(m)
+    rest = ~star
+    if rest.any():
+        ri, rj, rc, rl = pi[rest], gj[rest], cost[rest], lab[rest]
+        order = np.argsort(rl, kind="stable")
+        ri, rj, rc, rl = ri[order], rj[order], rc[order], rl[order]
+        bounds = np.flatnonzero(np.diff(rl)) + 1
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(rl)]):
+            up, inv_p = np.unique(ri[a:b], return_inverse=True)
+            ug, inv_g = np.unique(rj[a:b], return_inverse=True)
+            side = max(len(up), len(ug))
+            c = np.full((side, side), infeasible)
+            feas = np.zeros((side, side), dtype=bool)
+            c[inv_p, inv_g] = rc[a:b]
+            feas[inv_p, inv_g] = True
+            rows, cols = linear_sum_assignment(c)
+            hit = feas[rows, cols]
+            rows, cols = rows[hit], cols[hit]
+            m = np.empty(len(rows), dtype=MATCH_DTYPE)
+            m["pred"], m["gt"], m["cost"] = up[rows], ug[cols], c[rows, cols]
+            out.append(m)
+    matches = np.concatenate(out)
+    return matches[np.argsort(matches["pred"], kind="stable")]
+
+
+def _check_thresholds(score_thresholds) -> list[float]:
+    thrs = [float(t) for t in score_thresholds]
+    if not thrs:
+        raise EvaluationError("score_thresholds: give at least one score threshold")
+    return thrs
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+
+def filter_partners(pred: np.ndarray, settings: Evaluation, score_thr: float) -> np.ndarray:
+    """The predictions that survive the filters (module doc, in that order), in input order.
+
+    ``pred``: PARTNER_DTYPE array; ``score_thr``: keep ``score >= score_thr``.
+    Returns a new PARTNER_DTYPE array.
+    """
+    pred = _as_partners(pred, "pred")
+    keep = _static_mask(pred, settings) & (pred["score"] >= float(score_thr))
+    idx = np.flatnonzero(keep)
+    sub = pred[idx]
+    if settings.filter_redundant and len(sub) > 1:
+        edges = _redundancy_edges(sub, settings)
+        sub = sub[_redundant_keep(len(sub), np.ones(len(sub), bool), sub["score"], edges)]
+    return sub
+
+
+def match_partners(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, id_type: str | None = "auto") -> Matching:
+    """Match predicted to ground-truth partners one to one (no filters applied here).
+
+    Uses ``matching_threshold`` (nm), ``matching_threshold_only_pre`` and
+    ``matching_threshold_only_post`` of ``settings``; ``id_type`` as in
+    :func:`resolve_id_type`.  Returns :class:`Matching` ``(tp, fp, fn, matches)``
+    with ``fp = len(pred) - tp``, ``fn = len(gt) - tp`` and ``matches`` a
+    :data:`MATCH_DTYPE` array of indices into ``pred`` and ``gt``.
+    """
+    pred, gt = _as_partners(pred, "pred"), _as_partners(gt, "gt")
+    id_type = resolve_id_type(pred, gt, None, id_type)
+    i, j, c = _match_edges(pred, gt, settings, id_type)
+    m = _assign(i, j, c, float(settings.matching_threshold), len(pred), len(gt))
+    return Matching(len(m), len(pred) - len(m), len(gt) - len(m), m)
+
+
+def _scores(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+    recall = tp / (tp + fn) if tp + fn > 0 else 0.0
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return fscore, precision, recall
+
+
+def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_ids: Optional[Sequence[int]] = None,
+             score_thresholds: Optional[Sequence[float]] = None, id_type: str | None = "auto") -> list[dict]:
+    """Filter, match and score ``pred`` against ``gt`` for every score threshold.
+
+    ``pred``, ``gt``: PARTNER_DTYPE arrays (nm, (z, y, x)).  ``skeleton_ids``:
+    neuron ids for the FAFB protocol (module doc), or None to evaluate all
+    partners at once (``settings.skeleton_ids``, a path, is not read here; see
+    :func:`read_skeleton_ids`).  ``score_thresholds`` defaults to
+    ``settings.score_thresholds``; ``id_type`` as in :func:`resolve_id_type`.
+
+    Loading, grouping and the candidate pairs (KD-trees) are computed once and
+    shared by all thresholds.  Returns one dict per threshold, in the given
+    order: ``score_thr, fscore, precision, recall, tpcount, fpcount, fncount,
+    predcount, gtcount, num_clustered`` (predictions removed by
+    filter_redundant), ``match_id_type``, ``neurons`` (per-neuron counts, FAFB
+    protocol only) and ``settings`` (the Evaluation keys).
+    """
+    pred, gt = _as_partners(pred, "pred"), _as_partners(gt, "gt")
+    thrs = _check_thresholds(settings.score_thresholds if score_thresholds is None else score_thresholds)
+    if settings.only_input_synapses and settings.only_output_synapses:
+        raise EvaluationError("only_input_synapses and only_output_synapses cannot both be true")
+    if settings.matching_threshold_only_pre and settings.matching_threshold_only_post:
+        raise EvaluationError("matching_threshold_only_pre and matching_threshold_only_post cannot both be true")
+    if (settings.only_input_synapses or settings.only_output_synapses) and skeleton_ids is None:
+        raise EvaluationError("only_input_synapses / only_output_synapses need skeleton_ids (they are per neuron)")
+    if skeleton_ids is not None:
+        skeleton_ids = np.asarray(skeleton_ids, dtype=np.int64).reshape(-1)
+    id_type = resolve_id_type(pred, gt, skeleton_ids, id_type)
+
+    # one pass shared by all thresholds and neurons
+    static = _static_mask(pred, settings)
+    pidx = np.flatnonzero(static)
+    cand = pred[pidx]
+    red_edges = _redundancy_edges(cand, settings) if settings.filter_redundant else np.empty((0, 2), np.int64)
+    mi, mj, mc = _match_edges(cand, gt, settings, id_type)
+    score = cand["score"]
+    t = float(settings.matching_threshold)
+
+    if skeleton_ids is None:
+        neurons = [(None, np.ones(len(cand), bool), np.ones(len(gt), bool))]
+    else:
+        def touching(a, s):
+            if settings.only_input_synapses:
+                return a["post_skel_id"] == s
+            if settings.only_output_synapses:
+                return a["pre_skel_id"] == s
+            return (a["pre_skel_id"] == s) | (a["post_skel_id"] == s)
+        neurons = [(int(s), touching(cand, s), touching(gt, s)) for s in skeleton_ids]
+
+    totals = {thr: dict(tp=0, fp=0, fn=0, pred=0, gt=0, clustered=0) for thr in thrs}
+    per_neuron = {thr: [] for thr in thrs}
+    for skel, psel_mask, gsel_mask in neurons:
+        psel, gsel = np.flatnonzero(psel_mask), np.flatnonzero(gsel_mask)
+        ploc = np.full(len(cand), -1, np.int64)
+        ploc[psel] = np.arange(len(psel))
+        gloc = np.full(len(gt), -1, np.int64)
+        gloc[gsel] = np.arange(len(gsel))
+        # this neuron's edges in local indices
+        if len(red_edges):
+            re = ploc[red_edges]
+            re = re[(re >= 0).all(axis=1)]
+        else:
+            re = red_edges
+        me = (ploc[mi] >= 0) & (gloc[mj] >= 0)
+        ei, ej, ec = ploc[mi[me]], gloc[mj[me]], mc[me]
+        sc = score[psel]
+        for thr in thrs:
+            keep = sc >= thr
+            n_thr = int(keep.sum())
+            if settings.filter_redundant:
+                keep = _redundant_keep(len(psel), keep, sc, re)
+            live = keep[ei]
+            m = _assign(ei[live], ej[live], ec[live], t, len(psel), len(gsel))
+            tp, npred, ngt = len(m), int(keep.sum()), len(gsel)
+            tot = totals[thr]
+            tot["tp"] += tp
+            tot["fp"] += npred - tp
+            tot["fn"] += ngt - tp
+            tot["pred"] += npred
+            tot["gt"] += ngt
+            tot["clustered"] += n_thr - npred
+            if skel is not None:
+                per_neuron[thr].append({"skel_id": skel, "tpcount": tp, "fpcount": npred - tp,
+                                        "fncount": ngt - tp, "predcount": npred, "gtcount": ngt})
+
+    results = []
+    settings_dict = to_dict(settings)
+    for thr in thrs:
+        tot = totals[thr]
+        f, p, r = _scores(tot["tp"], tot["fp"], tot["fn"])
+        res = {"score_thr": thr, "fscore": f, "precision": p, "recall": r,
+               "tpcount": tot["tp"], "fpcount": tot["fp"], "fncount": tot["fn"],
+               "predcount": tot["pred"], "gtcount": tot["gt"], "num_clustered": tot["clustered"],
+               "match_id_type": id_type if id_type is not None else "none",
+               "num_neurons": None if skeleton_ids is None else len(skeleton_ids)}
+        if skeleton_ids is not None:
+            res["neurons"] = per_neuron[thr]
+        res["settings"] = settings_dict
+        results.append(res)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+def results_filename(score_thr: float) -> str:
+    """``results_thr<thr>.json`` with the threshold written exactly and shortest (0, 0.5, 120)."""
+    return f"results_thr{np.format_float_positional(float(score_thr), trim='-')}.json"
+
+
+def _atomic_write(path: Path, write_fn):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _best(results: list[dict]) -> dict:
+    """The result with the highest f-score (the first on a tie)."""
+    return results[int(np.argmax([r["fscore"] for r in results]))]
+
+
+def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
+    """Precision-recall curve over the threshold sweep (PNG), the best f-score marked; atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    res = sorted(results, key=lambda r: r["score_thr"])
+    rec = [r["recall"] for r in res]
+    prec = [r["precision"] for r in res]
+    best = _best(results)
+    fig = Figure(figsize=(5.5, 5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    grid = np.linspace(0.01, 1, 200)
+    for f in (0.2, 0.4, 0.6, 0.8):  # iso-f-score lines
+        p = f * grid / (2 * grid - f)
+        ok = (p > 0) & (p <= 1)
+        ax.plot(grid[ok], p[ok], color="0.85", lw=0.8, zorder=0)
+        ax.annotate(f"f={f:g}", (grid[ok][-1], p[ok][-1]), fontsize=7, color="0.6")
+    ax.plot(rec, prec, "-o", ms=3, color="tab:blue", label="score threshold sweep")
+    ax.plot([best["recall"]], [best["precision"]], "*", ms=14, color="tab:red",
+            label=f"best f-score {best['fscore']:.3f} (thr {best['score_thr']:g})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "synaptic partners: precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path
+
+
+def write_results(results: list[dict], out_dir, *, inputs: dict | None = None, title: str = "") -> Path:
+    """Write ``results_thr<thr>.json`` per threshold, ``summary.json`` and ``precision_recall.png``.
+
+    Every file is written to a temporary name and renamed, so a rerun replaces
+    them and an interrupted one leaves no partial file.  ``inputs`` (e.g. the
+    partner files) is recorded in each file.  Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = inputs or {}
+
+    def dump(obj):
+        return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+    for r in results:
+        _atomic_write(out_dir / results_filename(r["score_thr"]), dump({**r, "inputs": inputs}))
+    best = _best(results)
+    keys = ("score_thr", "fscore", "precision", "recall", "tpcount", "fpcount", "fncount", "predcount", "gtcount",
+            "num_clustered")
+    summary = {"best": {k: best[k] for k in keys}, "sweep": [{k: r[k] for k in keys} for r in results],
+               "match_id_type": best["match_id_type"], "settings": best["settings"], "inputs": inputs}
+    _atomic_write(out_dir / "summary.json", dump(summary))
+    plot_precision_recall(results, out_dir / "precision_recall.png", title)
+    return out_dir
+
+
+def _inputs_info(settings: Evaluation, pred, gt, skeleton_ids, seconds: float, **extra) -> dict:
+    return {"pred_synlinks": settings.pred_synlinks, "gt_synlinks": settings.gt_synlinks,
+            "skeleton_ids": settings.skeleton_ids, "num_pred": int(len(pred)), "num_gt": int(len(gt)),
+            "num_skeleton_ids": None if skeleton_ids is None else int(len(skeleton_ids)),
+            "eval_seconds": round(seconds, 3), **extra}
+
+
+def evaluate_config(path, out_dir=None) -> tuple[list[dict], Path]:
+    """Evaluate what an evaluation JSON config names; write the results into ``out_dir``.
+
+    ``out_dir`` defaults to ``<config folder>/<config stem>_evaluation``.
+    Returns (per-threshold results, out_dir).
+    """
+    path = Path(path)
+    settings = read_evaluation_json(path)
+    pred = read_partners(settings.pred_synlinks)
+    gt = read_ground_truth(settings.gt_synlinks)
+    skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
+    start = time.perf_counter()
+    results = evaluate(pred, gt, settings, skel)
+    seconds = time.perf_counter() - start
+    out_dir = Path(out_dir) if out_dir is not None else path.parent / f"{path.stem}_evaluation"
+    write_results(results, out_dir, inputs=_inputs_info(settings, pred, gt, skel, seconds, config=str(path.resolve())),
+                  title=path.stem)
+    return results, out_dir
+
+
+def _run_ground_truth(prediction, where: str) -> tuple[np.ndarray, str]:
+    """Ground truth of the manifest sample a run predicted, restricted to its [Prediction] ROI when set."""
+    from .config import read_train_config
+    from .io.manifest import read_manifest, read_sample_partners
+
+    ini = Path(prediction.train_setup) / "train_config.ini"
+    if not ini.is_file():
+        raise EvaluationError(f"{where}: not set, and the training setup {prediction.train_setup} has no "
+                              f"train_config.ini naming a manifest; set gt_synlinks")
+    manifest = read_train_config(ini).manifest
+    samples = read_manifest(manifest)
+    if prediction.raw_container is None:
+        chosen = [s for s in samples if s.split == prediction.split_part][:1]
+    else:
+        raw = Path(prediction.raw_container).resolve()
+        chosen = [s for s in samples if Path(s.container).resolve() == raw][:1]
+    if not chosen:
+        what = (f"{prediction.split_part} sample" if prediction.raw_container is None
+                else f"sample with container {prediction.raw_container}")
+        raise EvaluationError(f"{where}: not set, and the manifest {manifest} has no {what}; set gt_synlinks")
+    gt = read_sample_partners(chosen[0])
+    if prediction.roi_offset is not None and prediction.roi_shape is not None and len(gt):
+        begin = np.asarray(prediction.roi_offset)
+        end = begin + np.asarray(prediction.roi_shape)
+        post = _sites(gt, "post")
+        gt = gt[np.all((post >= begin) & (post < end), axis=1)]
+    return gt, f"manifest {manifest} sample {chosen[0].name}"
+
+
+def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
+    """Evaluate a prediction run (``03_predict/setup_t<T>_p<P>``) with its [Evaluation] section.
+
+    Predictions: ``pred_synlinks`` if set, else the run's result collection
+    (:func:`synful.store.open_run_store`).  Ground truth: ``gt_synlinks`` if
+    set, else the partners of the manifest sample the run predicted (the
+    first ``split_part`` sample of the training manifest, or the sample whose
+    container is ``raw_container``; post sites restricted to the [Prediction]
+    ROI when one is set).  Results go to
+    ``out_dir`` (default ``<predict_dir>/evaluation``).  Returns (results, out_dir).
+    """
+    predict_dir = Path(predict_dir).resolve()
+    ini = predict_dir / "predict_config.ini"
+    if not ini.is_file():
+        raise EvaluationError(f"{predict_dir}: not a prediction setup (no predict_config.ini)")
+    cfg = read_predict_config(ini)
+    settings = check_settings(cfg.evaluation, f"{ini} [Evaluation]")
+    if settings.pred_synlinks is not None:
+        pred = read_partners(settings.pred_synlinks)
+        pred_source = settings.pred_synlinks
+    else:
+        from .store import open_run_store
+
+        with open_run_store(predict_dir) as store:
+            pred = store.query()
+            pred_source = f"{store!r}"
+    if settings.gt_synlinks is not None:
+        gt = read_ground_truth(settings.gt_synlinks)
+        gt_source = settings.gt_synlinks
+    else:
+        gt, gt_source = _run_ground_truth(cfg.prediction, f"{ini} [Evaluation] gt_synlinks")
+    skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
+    start = time.perf_counter()
+    results = evaluate(pred, gt, settings, skel)
+    seconds = time.perf_counter() - start
+    try:
+        from .scaffold import run_ids
+
+        title = run_ids(predict_dir).name
+    except SynfulError:
+        title = predict_dir.name
+    out_dir = Path(out_dir) if out_dir is not None else predict_dir / "evaluation"
+    write_results(results, out_dir, title=title,
+                  inputs=_inputs_info(settings, pred, gt, skel, seconds, predictions=pred_source,
+                                      ground_truth=gt_source, run=title))
+    return results, out_dir

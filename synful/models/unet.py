@@ -1,0 +1,239 @@
+"""Valid-padded 3D U-Nets for synaptic partner detection (Keras 3, channels-last).
+
+A U-Net maps normalised raw ``(batch, z, y, x, 1)`` float32 to one or two heads:
+
+- ``syn_indicator``: ``(batch, z', y', x', 1)`` logits that a voxel lies near a post-synaptic site;
+- ``partner_vectors``: ``(batch, z', y', x', 3)`` vector in nm (z, y, x) from the voxel to its
+  pre-synaptic partner site.
+
+The architecture follows Synful's: per level ``num_convs`` valid convolutions (ReLU) with
+``fmap_num * fmap_inc_factor**level`` feature maps, max-pooling by ``downsample_factors[level]``,
+upsampling (transposed convolution, or nearest-neighbour repeat followed by a 1x1x1 convolution),
+centre-cropped skip connections and 1x1x1 linear heads.  ``unet_model = dh_unet`` shares the encoder
+and gives each head its own decoder.  Every layer has a fixed name, so weights trained with one input
+shape load into the same network built for a larger input (see :func:`build_unet`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..config import ConfigError, Training
+
+__all__ = [
+    "HEADS",
+    "RAW_SCALE",
+    "RAW_SHIFT",
+    "normalize_raw",
+    "output_shape",
+    "valid_input_sizes",
+    "head_names",
+    "build_unet",
+]
+
+#: head name -> number of channels
+HEADS = {"syn_indicator": 1, "partner_vectors": 3}
+
+#: raw normalisation: ``raw / 255 * RAW_SCALE + RAW_SHIFT`` maps uint8 [0, 255] to [-1, 1]
+RAW_SCALE = 2.0
+RAW_SHIFT = -1.0
+
+_AXES = "zyx"
+logger = logging.getLogger(__name__)
+
+
+def normalize_raw(raw: np.ndarray) -> np.ndarray:
+    """The one raw normalisation of training and prediction: uint8 [0, 255] -> float32 [-1, 1].
+
+    The training pipeline applies the same map in two steps (``/255``, intensity augmentation
+    in [0, 1], then ``* RAW_SCALE + RAW_SHIFT``), so un-augmented training input equals this.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        raise ConfigError(f"normalize_raw: expected uint8 raw, got {raw.dtype}")
+    return (raw.astype(np.float32) / np.float32(255.0)) * np.float32(RAW_SCALE) + np.float32(RAW_SHIFT)
+
+
+def head_names(cfg: Training) -> tuple[str, ...]:
+    """The output heads ``cfg.tasks`` asks for, in the order (syn_indicator, partner_vectors)."""
+    return {"both": ("syn_indicator", "partner_vectors"), "indicator": ("syn_indicator",),
+            "vectors": ("partner_vectors",)}[cfg.tasks]
+
+
+def _axis_sizes(size: int, axis: int, factors, kernel: int, num_convs: int):
+    """Walk one axis through the U-Net; return (output size, None) or (None, reason)."""
+    shrink = num_convs * (kernel - 1)
+    s = size
+    for level, f in enumerate(factors):
+        s -= shrink
+        if s < 1:
+            return None, f"the convolutions of level {level} leave no voxels"
+        if s % f[axis]:
+            return None, (f"level {level} has {s} voxels, not divisible by its downsample factor {f[axis]}")
+        s //= f[axis]
+    s -= shrink
+    if s < 1:
+        return None, "the convolutions of the bottom level leave no voxels"
+    for level in reversed(range(len(factors))):
+        s = s * factors[level][axis] - shrink
+        if s < 1:
+            return None, f"the upsampling path of level {level} leaves no voxels"
+    return s, None
+
+
+def _check_architecture(cfg: Training):
+    factors = [tuple(int(v) for v in f) for f in cfg.downsample_factors]
+    for f in factors:
+        if len(f) != 3 or min(f) < 1:
+            raise ConfigError(f"[Training] downsample_factors: each factor needs 3 positive integers (z, y, x), "
+                              f"got {list(f)}")
+    if len(cfg.kernel_size) != 3 or min(cfg.kernel_size) < 1:
+        raise ConfigError(f"[Training] kernel_size: needs 3 positive integers (z, y, x), got {cfg.kernel_size}")
+    if cfg.unet_model == "dh_unet" and cfg.tasks != "both":
+        raise ConfigError(f"[Training] unet_model = dh_unet needs tasks = both (one decoder per task), "
+                          f"got tasks = {cfg.tasks}")
+    return factors
+
+
+def valid_input_sizes(cfg: Training, axis: int, near: int, count: int = 2) -> list[int]:
+    """Up to ``count`` input sizes along ``axis`` (0=z, 1=y, 2=x) nearest to ``near`` that the network accepts."""
+    factors = _check_architecture(cfg)
+    found = []
+    for delta in range(0, 10 * max(near, 100)):
+        for s in sorted({near - delta, near + delta}):
+            if s >= 1 and _axis_sizes(s, axis, factors, cfg.kernel_size[axis], cfg.num_convs)[0] is not None:
+                found.append(s)
+        if len(found) >= count:
+            break
+    return found[:count]
+
+
+def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Output shape in voxels (z, y, x) of the U-Net of ``cfg`` for ``input_shape`` (default ``cfg.input_shape``).
+
+    Raises :class:`~synful.config.ConfigError` naming ``input_shape``, ``downsample_factors``,
+    ``kernel_size`` and ``num_convs`` (with the nearest valid input sizes) when some axis cannot
+    pass the network: a level whose size is not divisible by its downsample factor, or
+    convolutions that leave no voxels.  Also rejects ``unet_model = dh_unet`` without
+    ``tasks = both``.  Runs no TensorFlow.
+    """
+    factors = _check_architecture(cfg)
+    shape = tuple(int(s) for s in (cfg.input_shape if input_shape is None else input_shape))
+    if len(shape) != 3:
+        raise ConfigError(f"[Training] input_shape: needs 3 sizes (z, y, x), got {shape}")
+    out = []
+    for axis, size in enumerate(shape):
+        s, reason = _axis_sizes(size, axis, factors, cfg.kernel_size[axis], cfg.num_convs)
+        if s is None:
+            near = valid_input_sizes(cfg, axis, size)
+            hint = f"; nearest valid {_AXES[axis]} sizes: {', '.join(map(str, near))}" if near else ""
+            raise ConfigError(
+                f"[Training] input_shape {shape} does not fit downsample_factors "
+                f"{[list(f) for f in factors]}, kernel_size {tuple(cfg.kernel_size)} and num_convs "
+                f"{cfg.num_convs}: along {_AXES[axis]}, {reason}{hint}")
+        out.append(s)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------
+# Keras model
+# --------------------------------------------------------------------------------------
+
+def _fmaps(cfg: Training, level: int) -> int:
+    return int(cfg.fmap_num * cfg.fmap_inc_factor ** level)
+
+
+def _conv_pass(x, fmaps: int, cfg: Training, name: str, dtype):
+    from keras import layers
+
+    for i in range(cfg.num_convs):
+        x = layers.Conv3D(fmaps, tuple(cfg.kernel_size), padding="valid", activation="relu",
+                          name=f"{name}_conv{i}", dtype=dtype)(x)
+    return x
+
+
+def _center_crop(x, shape, name: str):
+    from keras import layers
+
+    have = x.shape[1:4]
+    crop = []
+    for h, s in zip(have, shape):
+        d = int(h) - int(s)
+        crop.append((d // 2, d - d // 2))
+    if not any(lo or hi for lo, hi in crop):
+        return x
+    return layers.Cropping3D(tuple(crop), name=name)(x)
+
+
+def _decoder(x, skips, cfg: Training, prefix: str, dtype):
+    from keras import layers
+
+    factors = [tuple(f) for f in cfg.downsample_factors]
+    for level in reversed(range(len(factors))):
+        f, fm = factors[level], _fmaps(cfg, level)
+        if cfg.upsampling == "transposed_conv":
+            x = layers.Conv3DTranspose(fm, f, strides=f, padding="valid", name=f"{prefix}up{level}", dtype=dtype)(x)
+        else:
+            x = layers.UpSampling3D(f, name=f"{prefix}up{level}", dtype=dtype)(x)
+            x = layers.Conv3D(fm, 1, name=f"{prefix}up{level}_conv", dtype=dtype)(x)
+        skip = _center_crop(skips[level], x.shape[1:4], name=f"{prefix}crop{level}")
+        x = layers.Concatenate(axis=-1, name=f"{prefix}concat{level}", dtype=dtype)([skip, x])
+        x = _conv_pass(x, fm, cfg, f"{prefix}dec{level}", dtype)
+    return x
+
+
+def _layer_dtype(cfg: Training) -> str:
+    """``mixed_float16`` when asked for and a GPU is visible, else ``float32``.
+
+    TensorFlow has no float16 kernels for 3D pooling on CPU, so a config with
+    ``mixed_precision = true`` still runs (in float32) on a machine without GPU.
+    """
+    if not cfg.mixed_precision:
+        return "float32"
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    logger.warning("[Training] mixed_precision = true but no GPU is visible: using float32")
+    return "float32"
+
+
+def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
+    """Build the (uncompiled) Keras U-Net of ``cfg`` for ``input_shape`` voxels (default ``cfg.input_shape``).
+
+    Input ``raw``: ``(batch, z, y, x, 1)`` float32, normalised with :func:`normalize_raw`.
+    Outputs, a dict with the heads of ``cfg.tasks`` only: ``syn_indicator`` ``(batch, *out, 1)``
+    logits and ``partner_vectors`` ``(batch, *out, 3)`` nm (z, y, x), ``out = output_shape(cfg,
+    input_shape)``; heads are float32 even with ``cfg.mixed_precision`` (``mixed_float16`` layers on a
+    GPU; float32 without one).
+    Layer names do not depend on the input shape, so weights saved from one build load into another
+    built with a larger input.  Raises ConfigError for impossible shapes before building anything.
+    """
+    import keras
+    from keras import layers
+
+    shape = tuple(int(s) for s in (cfg.input_shape if input_shape is None else input_shape))
+    output_shape(cfg, shape)
+    dtype = _layer_dtype(cfg)
+
+    raw = keras.Input(shape=(*shape, 1), name="raw", dtype="float32")
+    x, skips = raw, []
+    for level, f in enumerate(cfg.downsample_factors):
+        x = _conv_pass(x, _fmaps(cfg, level), cfg, f"enc{level}", dtype)
+        skips.append(x)
+        x = layers.MaxPooling3D(tuple(f), strides=tuple(f), padding="valid", name=f"down{level}", dtype=dtype)(x)
+    bottom = _conv_pass(x, _fmaps(cfg, len(cfg.downsample_factors)), cfg, "bottom", dtype)
+
+    heads = head_names(cfg)
+    if cfg.unet_model == "dh_unet":
+        features = {"syn_indicator": _decoder(bottom, skips, cfg, "m_", dtype),
+                    "partner_vectors": _decoder(bottom, skips, cfg, "d_", dtype)}
+    else:
+        shared = _decoder(bottom, skips, cfg, "", dtype)
+        features = {h: shared for h in heads}
+    outputs = {h: layers.Conv3D(HEADS[h], 1, activation=None, name=h, dtype="float32")(features[h]) for h in heads}
+    name = f"unet_{cfg.unet_model}_{cfg.tasks}"
+    return keras.Model(inputs=raw, outputs=outputs, name=name)

@@ -1,0 +1,834 @@
+"""Blockwise network prediction over whole volumes with daisy 2, one worker per GPU.
+
+``synful predict PREDICT_DIR`` runs :func:`predict`:
+
+1. :func:`plan_prediction` reads ``predict_config.ini`` (and the training setup's
+   ``train_config.ini``), checks the checkpoint, the raw dataset and the ROI, and derives the block
+   geometry -- all without TensorFlow, so bad input fails before any worker starts.
+2. The output datasets are prepared with chunks equal to the write block, so every block writes
+   whole chunks and concurrent workers never share one.
+3. A daisy task covers the ROI: write ROI = network output shape x ``block_factor``, read ROI =
+   write ROI grown by the network context on each side.  Blocks at the far end overhang the ROI
+   (``fit = overhang``): the network always sees its full input, and writes are cropped to the ROI.
+   Context beyond the raw data is zero- or mirror-padded (relative to the whole dataset, so a block
+   sees exactly what a single pass over the volume would see) before the training normalisation.
+4. Workers (:func:`run_worker`, the hidden ``synful predict-worker`` command) load the model once,
+   then take blocks from the daisy scheduler over TCP until none are left, running the network on
+   ``batch_size`` tiles at a time.  :func:`spawn_worker` starts one; locally each holds one GPU
+   (``CUDA_VISIBLE_DEVICES``), or runs on CPU threads when there is none.  The scheduler process
+   itself only hands out blocks and draws the progress bar.
+5. daisy's done markers live in ``PREDICT_DIR/blocks/``: a rerun skips finished blocks, and refuses
+   to resume when the resolved configuration changed; ``overwrite=True`` starts over.
+   Run metadata (resolved config, checkpoint, versions, times, block counts, throughput) is written
+   beside the outputs as ``<run>_prediction.json`` and ``<run>_predict_config.ini``.
+
+Output contract (read by extraction): zarr datasets made by
+:func:`synful.io.volumes.prepare_volume` over the ROI, voxel size of the raw data:
+
+- indicator ``(z, y, x)``: stored value x ``attrs["scale"]`` = probability (sigmoid of the logits);
+  uint8 has scale 1/255, float16/float32 scale 1.
+- vectors ``(3, z, y, x)`` (channels first; channel order z, y, x): stored value x
+  ``attrs["scale"]`` = nm; int8 has scale ``vectors_scale`` (clipped to [-127, 127]), floats 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from .config import (ConfigError, Prediction, Training, Worker, read_predict_config, read_train_config,
+                     read_worker_config, to_dict, write_config)
+from .errors import SynfulError
+
+__all__ = [
+    "PredictionError",
+    "PredictionPlan",
+    "plan_prediction",
+    "predict",
+    "run_worker",
+    "spawn_worker",
+    "read_padded",
+    "encode_indicator",
+    "encode_vectors",
+    "BlockPredictor",
+    "KILL_AFTER_BLOCKS_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: a worker SIGKILLs itself while holding block N+1 after N finished blocks.
+KILL_AFTER_BLOCKS_ENV = "SYNFUL_TEST_KILL_AFTER_BLOCKS"
+#: CPU threads a worker may use (set by the scheduler for local CPU workers and Slurm jobs).
+THREADS_ENV = "SYNFUL_NUM_THREADS"
+
+HEAD_INDICATOR = "syn_indicator"
+HEAD_VECTORS = "partner_vectors"
+
+
+class PredictionError(SynfulError):
+    """Prediction cannot start or did not finish; the message says why and where."""
+
+
+# --------------------------------------------------------------------------------------
+# plan: everything derived from the configs, no TensorFlow
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """The resolved geometry and files of one prediction run.
+
+    ROIs, offsets and ``context`` are in nm; ``input_shape`` / ``output_shape`` in voxels; all (z, y, x).
+    ``block_write`` is ``output_shape x block_factor`` in nm, ``block_read`` that grown by
+    ``context`` on both sides.  ``heads`` are the network outputs written (``syn_indicator``,
+    ``partner_vectors``).
+    """
+
+    predict_dir: Path
+    name: str
+    prediction: Prediction
+    training: Training
+    checkpoint: Path
+    raw_container: str
+    raw_dataset: str
+    voxel_size: Coordinate
+    raw_roi: Roi
+    roi: Roi
+    input_shape: Coordinate
+    output_shape: Coordinate
+    context: Coordinate
+    block_write: Coordinate
+    block_read: Coordinate
+    heads: tuple[str, ...]
+
+    @property
+    def task_id(self) -> str:
+        """daisy task id (also the name of the done-marker group)."""
+        return f"predict_{self.name}"
+
+    @property
+    def tracking_dir(self) -> Path:
+        """daisy's block tracking (done markers, failure counts) of this run."""
+        return self.predict_dir / "blocks" / self.task_id
+
+    @property
+    def log_dir(self) -> Path:
+        """Per-worker logs."""
+        return self.predict_dir / "log" / "predict"
+
+    @property
+    def out_dir(self) -> Path:
+        """The folder holding the output container, where the run metadata goes."""
+        return Path(self.prediction.out_container).parent
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.out_dir / f"{self.name}_prediction.json"
+
+    @property
+    def num_blocks(self) -> int:
+        n = 1
+        for s, b in zip(self.roi.shape, self.block_write):
+            n *= -(-s // b)
+        return n
+
+    def datasets(self) -> dict[str, str]:
+        """head name -> output dataset."""
+        names = {HEAD_INDICATOR: self.prediction.indicator_dataset, HEAD_VECTORS: self.prediction.vectors_dataset}
+        return {h: names[h] for h in self.heads}
+
+    def signature(self) -> str:
+        """A hash of everything that decides the values written; a resumed run must match it."""
+        p = self.prediction
+        keys = {
+            "checkpoint": str(self.checkpoint), "raw": [self.raw_container, self.raw_dataset],
+            "roi": [list(self.roi.offset), list(self.roi.shape)], "input_shape": list(self.input_shape),
+            "block_write": list(self.block_write), "padding": p.padding, "out": p.out_container,
+            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
+            "mixed_precision": p.mixed_precision, "training": to_dict(self.training),
+        }
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _run_name(predict_dir: Path) -> str:
+    from .scaffold import run_ids
+
+    try:
+        return run_ids(predict_dir).name
+    except SynfulError:  # a run directory outside the experiment layout: name it after the folder
+        return predict_dir.name
+
+
+def _training_setup(cfg: Prediction, source: str) -> tuple[Training, Path]:
+    setup = Path(cfg.train_setup)
+    ini = setup / "train_config.ini"
+    if not ini.is_file():
+        raise PredictionError(f"{source} [Prediction] train_setup: {setup} has no train_config.ini")
+    training = read_train_config(ini)
+    from .train import checkpoint_path
+
+    ckpt = Path(checkpoint_path(setup, cfg.iteration))
+    if not ckpt.exists():
+        raise PredictionError(f"{source} [Prediction] iteration: no checkpoint for iteration {cfg.iteration} "
+                              f"({ckpt} does not exist)")
+    return training, ckpt
+
+
+def _raw_source(cfg: Prediction, training: Training, source: str) -> tuple[str, str, Roi | None]:
+    """(container, dataset, default ROI or None): the config's raw, else the manifest's first sample of split_part."""
+    if cfg.raw_container is not None:
+        return cfg.raw_container, cfg.raw_dataset, None
+    from .io.manifest import read_manifest
+
+    samples = [s for s in read_manifest(training.manifest) if s.split == cfg.split_part]
+    if not samples:
+        raise PredictionError(f"{source} [Prediction] raw_container: None, and the manifest {training.manifest} "
+                              f"has no sample with split {cfg.split_part}")
+    return samples[0].container, samples[0].raw_dataset, samples[0].roi
+
+
+def plan_prediction(predict_dir) -> PredictionPlan:
+    """Read and check ``PREDICT_DIR/predict_config.ini``; derive the block geometry.
+
+    Raises :class:`PredictionError` / :class:`~synful.config.ConfigError` (messages name the file,
+    key and value) for a missing training setup or checkpoint, a missing raw dataset, a raw voxel
+    size that differs from the training one, a ROI not on the voxel grid or not inside the raw data,
+    or a network input shape the U-Net cannot take.  Imports no TensorFlow.
+    """
+    from .io.volumes import open_volume
+    from .models import head_names, output_shape
+
+    predict_dir = Path(predict_dir).resolve()
+    ini = predict_dir / "predict_config.ini"
+    source = str(ini)
+    cfg = read_predict_config(ini).prediction
+    training, ckpt = _training_setup(cfg, source)
+    raw_container, raw_dataset, sample_roi = _raw_source(cfg, training, source)
+    if not Path(raw_container).exists():
+        raise PredictionError(f"{source} [Prediction] raw_container: {raw_container} does not exist")
+    try:
+        raw = open_volume(raw_container, raw_dataset)
+    except SynfulError:
+        raise
+    except Exception as e:  # a missing dataset surfaces as KeyError / FileNotFoundError / ValueError
+        raise PredictionError(f"{source} [Prediction] raw_dataset: cannot open {raw_container}/{raw_dataset}: {e}") \
+            from None
+    voxel_size = Coordinate(raw.voxel_size)
+    if tuple(voxel_size) != tuple(training.voxel_size):
+        raise PredictionError(f"{raw_container}/{raw_dataset}: voxel size {tuple(voxel_size)} nm differs from the "
+                              f"training voxel_size {tuple(training.voxel_size)} of {cfg.train_setup}")
+    raw_roi = raw.roi
+
+    if (cfg.roi_offset is None) != (cfg.roi_shape is None):
+        raise ConfigError(f"{source} [Prediction] roi_offset, roi_shape: give both or neither")
+    if cfg.roi_offset is None:
+        roi = raw_roi if sample_roi is None else sample_roi.intersect(raw_roi)
+    else:
+        roi = Roi(cfg.roi_offset, cfg.roi_shape)
+        for key_, value in (("roi_offset", roi.offset), ("roi_shape", roi.shape)):
+            if any(v % s for v, s in zip(value, voxel_size)):
+                raise ConfigError(f"{source} [Prediction] {key_}: {tuple(value)} nm is not a multiple of the voxel "
+                                  f"size {tuple(voxel_size)} nm")
+        if any(s <= 0 for s in roi.shape):
+            raise ConfigError(f"{source} [Prediction] roi_shape: must be positive, got {tuple(roi.shape)}")
+        if not raw_roi.contains(roi):
+            raise PredictionError(f"{source} [Prediction] roi_offset/roi_shape: ROI {_fmt_roi(roi)} lies outside the "
+                                  f"raw data {raw_container}/{raw_dataset} {_fmt_roi(raw_roi)}")
+
+    input_shape = Coordinate(cfg.input_shape if cfg.input_shape is not None else training.input_shape)
+    try:
+        out_shape = Coordinate(output_shape(training, input_shape))
+    except ConfigError as e:
+        raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)}: {e}") from None
+    diff = input_shape - out_shape
+    if any(d % 2 for d in diff):
+        raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)}: the network context "
+                          f"{tuple(diff)} voxels is not symmetric")
+    context = (diff / 2) * voxel_size
+    block_write = out_shape * Coordinate(cfg.block_factor) * voxel_size
+    block_read = block_write + context * 2
+    return PredictionPlan(
+        predict_dir=predict_dir, name=_run_name(predict_dir), prediction=cfg, training=training, checkpoint=ckpt,
+        raw_container=str(raw_container), raw_dataset=raw_dataset, voxel_size=voxel_size, raw_roi=raw_roi, roi=roi,
+        input_shape=input_shape, output_shape=out_shape, context=context, block_write=block_write,
+        block_read=block_read, heads=head_names(training))
+
+
+def _fmt_roi(roi: Roi) -> str:
+    return f"[offset {tuple(roi.offset)}, shape {tuple(roi.shape)}] nm"
+
+
+# --------------------------------------------------------------------------------------
+# array helpers (no TensorFlow)
+# --------------------------------------------------------------------------------------
+
+def read_padded(array, roi: Roi, padding: str = "zero") -> np.ndarray:
+    """Read ``array`` (a funlib Array, no channels) over ``roi`` (nm, on the voxel grid), padding outside the data.
+
+    ``padding = "zero"`` fills voxels outside ``array.roi`` with 0; ``"mirror"`` reflects at the
+    dataset's own borders (numpy's ``reflect``: the border voxel is not repeated), so any block
+    sees exactly the values a single ``np.pad`` of the whole dataset would give.  Returns an
+    ndarray of shape ``roi.shape / voxel_size`` and the array's dtype.
+    """
+    vs = Coordinate(array.voxel_size)
+    if array.roi.contains(roi):
+        return np.asarray(array[roi])
+    begin = (roi.begin - array.roi.begin) / vs
+    shape = roi.shape / vs
+    size = array.roi.shape / vs
+    index, valid = [], []
+    for b, s, n in zip(begin, shape, size):
+        i = np.arange(b, b + s)
+        if padding == "mirror":
+            if n == 1:
+                j = np.zeros_like(i)
+            else:
+                period = 2 * (n - 1)
+                j = np.mod(i, period)
+                j = np.where(j >= n, period - j, j)
+            ok = np.ones(len(i), bool)
+        elif padding == "zero":
+            ok = (i >= 0) & (i < n)
+            j = np.clip(i, 0, n - 1)
+        else:
+            raise ConfigError(f"padding: expected zero or mirror, got {padding!r}")
+        index.append(j)
+        valid.append(ok)
+    if not all(v.any() for v in valid):
+        return np.zeros(tuple(shape), dtype=array.dtype)
+    lo = [int(j[v].min()) for j, v in zip(index, valid)]
+    hi = [int(j[v].max()) + 1 for j, v in zip(index, valid)]
+    sub = Roi(array.roi.begin + Coordinate(lo) * vs, Coordinate([h - l for l, h in zip(lo, hi)]) * vs)
+    data = np.asarray(array[sub])
+    local = [np.where(v, j - l, 0) for j, v, l in zip(index, valid, lo)]
+    out = data[np.ix_(*local)]
+    if padding == "zero":
+        mask = valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
+        out = np.where(mask, out, np.zeros((), dtype=out.dtype))
+    return np.ascontiguousarray(out)
+
+
+def encode_indicator(prob: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
+    """Probabilities in [0, 1] -> (stored array, scale) with stored x scale = probability.
+
+    uint8: ``round(p * 255)``, scale 1/255; float16 / float32: p, scale 1.
+    """
+    if dtype == "uint8":
+        return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8), 1.0 / 255.0
+    if dtype in ("float16", "float32"):
+        return prob.astype(dtype), 1.0
+    raise ConfigError(f"indicator_dtype: expected uint8, float16 or float32, got {dtype!r}")
+
+
+def encode_vectors(vectors: np.ndarray, dtype: str, scale: float) -> tuple[np.ndarray, float]:
+    """Vectors in nm -> (stored array, scale) with stored x scale = nm.
+
+    int8: ``round(v / scale)`` clipped to [-127, 127], scale ``scale``; float16 / float32: v, scale 1.
+    """
+    if dtype == "int8":
+        if not scale > 0:
+            raise ConfigError(f"vectors_scale: must be > 0 for int8 vectors, got {scale}")
+        return np.clip(np.rint(vectors / scale), -127, 127).astype(np.int8), float(scale)
+    if dtype in ("float16", "float32"):
+        return vectors.astype(dtype), 1.0
+    raise ConfigError(f"vectors_dtype: expected int8, float16 or float32, got {dtype!r}")
+
+
+def _indicator_scale(p: Prediction) -> float:
+    return 1.0 / 255.0 if p.indicator_dtype == "uint8" else 1.0
+
+
+def _vectors_scale(p: Prediction) -> float:
+    return float(p.vectors_scale) if p.vectors_dtype == "int8" else 1.0
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+def _prepare_outputs(plan: PredictionPlan, overwrite: bool = False) -> dict:
+    """Create (``overwrite``: replace; else reopen) the output datasets over the ROI; set ``scale``.
+
+    Chunks are one write block, so concurrent workers never write the same chunk.
+    """
+    from .io.volumes import prepare_volume
+
+    p = plan.prediction
+    chunk = tuple(plan.block_write / plan.voxel_size)
+    spec = {HEAD_INDICATOR: (p.indicator_dtype, None, _indicator_scale(p)),
+            HEAD_VECTORS: (p.vectors_dtype, 3, _vectors_scale(p))}
+    out = {}
+    for head, dataset in plan.datasets().items():
+        dtype, channels, scale = spec[head]
+        array = prepare_volume(p.out_container, dataset, plan.roi, plan.voxel_size, dtype, num_channels=channels,
+                               chunk_shape=chunk, mode="w" if overwrite else "a")
+        array.attrs["scale"] = scale
+        out[head] = array
+    return out
+
+
+def _open_outputs(plan: PredictionPlan) -> dict:
+    """The prepared output datasets, writable in place."""
+    from .io.volumes import open_volume
+
+    return {h: open_volume(plan.prediction.out_container, d, mode="r+") for h, d in plan.datasets().items()}
+
+
+# --------------------------------------------------------------------------------------
+# the network on blocks (TensorFlow, in workers only)
+# --------------------------------------------------------------------------------------
+
+def _configure_tensorflow(plan: PredictionPlan):
+    """Threads and mixed precision; must run before the model is built."""
+    import tensorflow as tf
+
+    threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised
+            pass
+
+
+def load_model(plan: PredictionPlan):
+    """The trained network built for ``plan.input_shape`` with the checkpoint's weights.
+
+    ``[Prediction] mixed_precision`` decides the layer policy (mixed_float16 only where a GPU is visible).
+    """
+    from .train import load_model_for_prediction
+
+    return load_model_for_prediction(plan.prediction.train_setup, plan.prediction.iteration, tuple(plan.input_shape),
+                                     mixed_precision=plan.prediction.mixed_precision)
+
+
+class BlockPredictor:
+    """Runs the network over blocks and writes the encoded outputs.
+
+    ``predict_block(read_roi, write_roi)`` returns float32 arrays over ``write_roi``: ``syn_indicator``
+    probabilities ``(z, y, x)`` and ``partner_vectors`` nm ``(3, z, y, x)``; ``write_block`` crops them
+    to the run ROI and stores them.  The block is cut into ``block_factor`` tiles of one network output
+    each; tiles go through the network ``batch_size`` at a time (the last batch zero-filled so the
+    compiled function keeps one shape).
+    """
+
+    def __init__(self, plan: PredictionPlan, model=None):
+        import tensorflow as tf
+
+        from .io.volumes import open_volume
+
+        self.plan = plan
+        self.model = model if model is not None else load_model(plan)
+        self.raw = open_volume(plan.raw_container, plan.raw_dataset)
+        self.outputs = _open_outputs(plan)
+        self.batch_size = int(plan.prediction.batch_size)
+        self.sigmoid = plan.training.m_loss_type == "sigmoid_ce"
+        spec = tf.TensorSpec((self.batch_size, *plan.input_shape, 1), tf.float32)
+        model_ = self.model
+
+        @tf.function(input_signature=[spec], reduce_retracing=True)
+        def run(x):
+            out = model_(x, training=False)
+            return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+        self._run = run
+
+    def predict_block(self, read_roi: Roi, write_roi: Roi) -> dict[str, np.ndarray]:
+        from .models import normalize_raw
+
+        plan = self.plan
+        raw = normalize_raw(read_padded(self.raw, read_roi, plan.prediction.padding))
+        out_vox = plan.output_shape
+        in_vox = plan.input_shape
+        factor = tuple(plan.prediction.block_factor)
+        wshape = tuple(write_roi.shape / plan.voxel_size)
+        result = {}
+        if HEAD_INDICATOR in plan.heads:
+            result[HEAD_INDICATOR] = np.empty(wshape, np.float32)
+        if HEAD_VECTORS in plan.heads:
+            result[HEAD_VECTORS] = np.empty((3, *wshape), np.float32)
+        tiles = [Coordinate(t) * out_vox for t in np.ndindex(*factor)]
+        for start in range(0, len(tiles), self.batch_size):
+            batch_tiles = tiles[start:start + self.batch_size]
+            x = np.zeros((self.batch_size, *in_vox, 1), np.float32)
+            for i, t in enumerate(batch_tiles):
+                x[i, ..., 0] = raw[t[0]:t[0] + in_vox[0], t[1]:t[1] + in_vox[1], t[2]:t[2] + in_vox[2]]
+            y = {k: v.numpy() for k, v in self._run(x).items()}
+            for i, t in enumerate(batch_tiles):
+                sl = tuple(slice(t[d], t[d] + out_vox[d]) for d in range(3))
+                if HEAD_INDICATOR in result:
+                    logits = y[HEAD_INDICATOR][i, ..., 0]
+                    if self.sigmoid:
+                        prob = 1.0 / (1.0 + np.exp(-logits))
+                    else:  # mse-trained indicator regresses the probability directly
+                        prob = np.clip(logits, 0.0, 1.0)
+                    result[HEAD_INDICATOR][sl] = prob
+                if HEAD_VECTORS in result:
+                    result[HEAD_VECTORS][(slice(None),) + sl] = np.moveaxis(y[HEAD_VECTORS][i], -1, 0)
+        return result
+
+    def write_block(self, write_roi: Roi, result: dict[str, np.ndarray]):
+        plan = self.plan
+        p = plan.prediction
+        roi = write_roi.intersect(plan.roi)
+        if roi.empty:
+            return
+        rel = (roi.begin - write_roi.begin) / plan.voxel_size
+        shape = roi.shape / plan.voxel_size
+        sl = tuple(slice(rel[d], rel[d] + shape[d]) for d in range(3))
+        if HEAD_INDICATOR in result:
+            data, _ = encode_indicator(result[HEAD_INDICATOR][sl], p.indicator_dtype)
+            self.outputs[HEAD_INDICATOR][roi] = data
+        if HEAD_VECTORS in result:
+            data, _ = encode_vectors(result[HEAD_VECTORS][(slice(None),) + sl], p.vectors_dtype, p.vectors_scale)
+            self.outputs[HEAD_VECTORS][roi] = data
+
+    def process(self, block):
+        """Predict and write one daisy block."""
+        self.write_block(block.write_roi, self.predict_block(block.read_roi, block.write_roi))
+
+
+# --------------------------------------------------------------------------------------
+# workers
+# --------------------------------------------------------------------------------------
+
+def _signature_path(plan: PredictionPlan) -> Path:
+    return plan.predict_dir / "blocks" / f"{plan.task_id}.signature.json"
+
+
+def run_worker(predict_dir) -> int:
+    """Worker entry point (``synful predict-worker PREDICT_DIR``): load the model once, then process
+    the blocks the daisy scheduler named in ``$DAISY_CONTEXT`` hands out until there are none left.
+
+    Returns the number of blocks processed.  Refuses to run when the run's configuration changed
+    since the scheduler started it (the signature in ``PREDICT_DIR/blocks/`` differs).
+    """
+    import daisy.v2 as daisy
+
+    plan = plan_prediction(predict_dir)
+    sig_file = _signature_path(plan)
+    if sig_file.is_file() and json.loads(sig_file.read_text()).get("signature") != plan.signature():
+        raise PredictionError(f"{plan.predict_dir}: configuration changed since this run started; "
+                              f"rerun `synful predict {plan.predict_dir}` (with --overwrite to start over)")
+    _configure_tensorflow(plan)
+    predictor = BlockPredictor(plan)
+    kill_after = int(os.environ.get(KILL_AFTER_BLOCKS_ENV, "0") or 0)
+    client = daisy.Client()
+    done = 0
+    t0 = time.time()
+    while True:
+        with client.acquire_block() as block:
+            if block is None:
+                break
+            if kill_after and done >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die hard while holding a block
+            predictor.process(block)
+            done += 1
+    logger.info("worker processed %d blocks in %.1f s", done, time.time() - t0)
+    return done
+
+
+def spawn_worker(worker_cfg: Worker, argv: list[str], *, name: str, log_dir: Path, env: dict,
+                 gpu: int | None) -> int:
+    """Start one worker and wait for it; return its exit code.
+
+    The one place a worker is launched: :func:`synful.cluster.run` makes it a local subprocess (``gpu``
+    sets ``CUDA_VISIBLE_DEVICES``) or a Slurm job, inside the worker's container if one is configured,
+    and cancels it if this process is terminated.  Replace this function to launch workers elsewhere.
+    """
+    from .cluster import run
+
+    return run(worker_cfg, argv, name=name, log_dir=log_dir, env=env, gpu=gpu)
+
+
+class _GpuSlot:
+    """An exclusive claim on one GPU while a worker runs, as a flock on ``lock_dir/gpu<i>.lock``.
+
+    The lock dies with the process holding it, so a crashed worker's GPU is free for its replacement.
+    """
+
+    def __init__(self, lock_dir: Path, gpus: list[int]):
+        self.lock_dir, self.gpus, self.handle, self.gpu = lock_dir, gpus, None, None
+
+    def __enter__(self):
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        for g in self.gpus:
+            f = open(self.lock_dir / f"gpu{g}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            self.handle, self.gpu = f, g
+            break
+        return self.gpu
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()
+        return False
+
+
+@dataclass(frozen=True)
+class _WorkerSpawner:
+    """daisy's process function, run in daisy's worker-slot process: start one worker and wait for it.
+
+    Picklable (paths and config values only).  Locally, a worker claims a free GPU of ``gpus`` for its
+    lifetime, or runs on ``threads`` CPU threads when none is free.
+    """
+
+    predict_dir: str
+    worker_cfg: Worker
+    gpus: tuple[int, ...]
+    threads: int
+
+    def __call__(self, *, context):
+        from .cluster import synful_command
+
+        predict_dir = Path(self.predict_dir)
+        env = {"DAISY_CONTEXT": context.to_env()}
+        if self.threads:
+            env[THREADS_ENV] = str(self.threads)
+        argv = synful_command(self.worker_cfg, ["predict-worker", str(predict_dir)])
+        name = f"predict-worker-{context.get('worker_id', '0')}"
+        log_dir = predict_dir / "log" / "predict"
+        with _GpuSlot(predict_dir / "blocks" / "gpu_locks", list(self.gpus)) as gpu:
+            if self.worker_cfg.executor == "local" and gpu is None:
+                env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker must not touch a GPU another worker holds
+            rc = spawn_worker(self.worker_cfg, argv, name=name, log_dir=log_dir, env=env, gpu=gpu)
+        if rc != 0:
+            raise RuntimeError(f"{name} exited with code {rc} (logs: {log_dir})")
+
+
+# --------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------
+
+class _Progress:
+    """daisy progress observer: one bar with blocks done, voxels/s and ETA of the blocks still to do."""
+
+    def __init__(self, task_id: str, voxels_per_block: float, enabled: bool = True):
+        self.task_id, self.vpb, self.enabled = task_id, voxels_per_block, enabled
+        self.bar, self.t0, self.last = None, None, None
+
+    def _update(self, states, final=False):
+        s = states.get(self.task_id)
+        if s is None:
+            return
+        self.last = s
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=int(s.total_block_count), unit="block", dynamic_ncols=True, desc="predict",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} blocks "
+                                       "[{elapsed}{postfix}]")
+        done = int(s.completed_count)
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        processed = done - int(s.skipped_count)
+        if processed > 0 and self.t0 is None:
+            self.t0 = time.time()
+        rate = ""
+        if self.t0 is not None and processed > 0:
+            elapsed = max(time.time() - self.t0, 1e-6)
+            vps = processed * self.vpb / elapsed
+            left = int(s.total_block_count) - done
+            eta = left * elapsed / processed
+            rate = f", {vps / 1e6:.2f} Mvox/s, ETA {_dt.timedelta(seconds=int(eta))}"
+        failed = int(s.failed_count)
+        self.bar.set_postfix_str(rate + (f", {failed} failed" if failed else ""), refresh=final)
+
+    def on_start(self, states):
+        self._update(states)
+
+    def on_progress(self, states):
+        self._update(states)
+
+    def on_finish(self, states):
+        self._update(states, final=True)
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_process: bool = False) -> dict:
+    """Predict the ROI of ``PREDICT_DIR/predict_config.ini`` blockwise; return the run metadata.
+
+    Workers come from ``PREDICT_DIR/worker_config.ini`` [Worker]: ``num_block_workers`` (0: one per
+    GPU found, or one per 2 CPU cores without GPUs), ``executor`` (local or slurm), ``max_retries``
+    (retries per block; the run tolerates ``max_retries x workers`` worker crashes).  A rerun resumes:
+    blocks marked done are skipped; ``overwrite=True`` deletes the outputs and the done markers first.
+    ``in_process=True`` runs every block in this process (daisy's serial mode; for debugging).
+
+    Raises :class:`PredictionError` before any worker starts for bad configs, a missing checkpoint or a
+    ROI outside the raw data, and after the run when blocks remain undone (a rerun resumes).
+    """
+    import daisy.logging as daisy_logging
+    import daisy.v2 as daisy
+
+    from .cluster import block_worker_count, check_worker, discover_gpus
+
+    plan = plan_prediction(predict_dir)
+    worker_ini = plan.predict_dir / "worker_config.ini"
+    worker_cfg = check_worker(read_worker_config(worker_ini) if worker_ini.is_file() else Worker())
+    p = plan.prediction
+    sig_file = _signature_path(plan)
+
+    if overwrite:
+        shutil.rmtree(plan.tracking_dir, ignore_errors=True)
+        sig_file.unlink(missing_ok=True)
+    elif sig_file.is_file():
+        old = json.loads(sig_file.read_text()).get("signature")
+        if old != plan.signature():
+            raise PredictionError(f"{plan.predict_dir}: the configuration changed since the last (unfinished or "
+                                  f"finished) run of these outputs; rerun with --overwrite to start over")
+    elif plan.tracking_dir.exists():
+        raise PredictionError(f"{plan.tracking_dir}: done markers without a run signature; "
+                              f"rerun with --overwrite to start over")
+
+    _prepare_outputs(plan, overwrite=overwrite)
+    _write_json(sig_file, {"signature": plan.signature(), "task_id": plan.task_id})
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    write_config(plan.out_dir / f"{plan.name}_predict_config.ini", p)
+
+    local = worker_cfg.executor == "local"
+    gpus = discover_gpus() if (local and worker_cfg.gpus > 0 and not in_process) else []
+    n_workers = block_worker_count(worker_cfg, gpus)
+    if local:
+        cpu_workers = max(0, n_workers - len(gpus))
+        threads = max(1, (os.cpu_count() or 1) // max(1, n_workers)) if cpu_workers else 0
+    else:
+        threads = int(worker_cfg.num_cpus)
+
+    start, t0 = _now(), time.time()
+    voxels_per_block = float(np.prod(plan.block_write / plan.voxel_size))
+    observer = _Progress(plan.task_id, voxels_per_block, enabled=progress)
+    total_roi = plan.roi.grow(plan.context, plan.context)
+    common = dict(read_write_conflict=False, fit="overhang", max_retries=int(worker_cfg.max_retries),
+                  tracking_path=str(plan.tracking_dir), timeout=float(p.block_timeout))
+    read_roi = Roi((0, 0, 0), plan.block_read)
+    write_roi = Roi(plan.context, plan.block_write)
+
+    daisy_logging.set_log_basedir(str(plan.log_dir))
+    logger.info("predict %s: ROI %s, %d blocks of %s nm, %d worker(s)%s", plan.name, _fmt_roi(plan.roi),
+                plan.num_blocks, tuple(plan.block_write), n_workers, f" on GPUs {gpus}" if gpus else " on CPU")
+    error = None
+    try:
+        if in_process:
+            predictor = BlockPredictor(plan)
+            task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=predictor.process,
+                              max_workers=1, **common)
+            states = daisy.run_blockwise(task, multiprocessing=False, return_states=True, progress=observer,
+                                         summary=False)
+        else:
+            spawner = _WorkerSpawner(str(plan.predict_dir), worker_cfg, tuple(gpus), threads)
+            task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=spawner,
+                              max_workers=n_workers,
+                              max_worker_restarts=int(worker_cfg.max_retries) * n_workers, **common)
+            states = daisy.run_blockwise(task, return_states=True, progress=observer, summary=False,
+                                         host="127.0.0.1" if local else None)
+        state = states[plan.task_id]
+    except RuntimeError as e:  # daisy abandons the task when workers keep dying
+        state = observer.last
+        error = str(e).splitlines()[0]
+        tail = getattr(state, "first_worker_error", None) if state is not None else None
+        if tail:
+            error += "\n" + "\n".join(str(tail).strip().splitlines()[-6:])
+    end, wall = _now(), time.time() - t0
+
+    total = int(state.total_block_count) if state is not None else plan.num_blocks
+    completed = int(state.completed_count) if state is not None else 0
+    skipped = int(state.skipped_count) if state is not None else 0
+    processed = completed - skipped
+    roi_voxels = float(np.prod(plan.roi.shape / plan.voxel_size))
+    voxels = roi_voxels * processed / max(total, 1)
+    meta = {
+        "run": plan.name,
+        "predict_dir": str(plan.predict_dir),
+        "config": to_dict(p),
+        "train_setup": p.train_setup,
+        "checkpoint": str(plan.checkpoint),
+        "iteration": p.iteration,
+        "synful_version": _version(),
+        "git_commit": _git_commit(),
+        "start": start,
+        "end": end,
+        "wall_seconds": round(wall, 3),
+        "raw": {"container": plan.raw_container, "dataset": plan.raw_dataset, "roi_offset": list(plan.raw_roi.offset),
+                "roi_shape": list(plan.raw_roi.shape)},
+        "roi_offset": list(plan.roi.offset),
+        "roi_shape": list(plan.roi.shape),
+        "voxel_size": list(plan.voxel_size),
+        "input_shape": list(plan.input_shape),
+        "output_shape": list(plan.output_shape),
+        "block_write_shape": list(plan.block_write),
+        "block_read_shape": list(plan.block_read),
+        "outputs": {h: {"container": p.out_container, "dataset": d,
+                        "dtype": p.indicator_dtype if h == HEAD_INDICATOR else p.vectors_dtype,
+                        "scale": _indicator_scale(p) if h == HEAD_INDICATOR else _vectors_scale(p)}
+                    for h, d in plan.datasets().items()},
+        "workers": {"count": 1 if in_process else n_workers, "executor": "in_process" if in_process else
+                    worker_cfg.executor, "gpus": gpus, "threads_per_cpu_worker": threads},
+        "blocks": {"total": total, "processed": processed, "skipped": skipped,
+                   "failed": int(state.failed_count) if state is not None else 0,
+                   "orphaned": int(state.orphaned_count) if state is not None else 0,
+                   "worker_restarts": int(state.worker_restart_count) if state is not None else 0},
+        "voxels_processed": int(voxels),
+        "voxels_per_second": round(voxels / wall, 1) if wall > 0 else None,
+        "complete": error is None and completed == total,
+    }
+    _write_json(plan.metadata_path, meta)
+    if error is not None or completed != total:
+        reason = error or f"{total - completed} of {total} blocks not done"
+        raise PredictionError(f"prediction of {plan.predict_dir} did not finish: {reason}\n"
+                              f"worker logs: {plan.log_dir}; rerun `synful predict {plan.predict_dir}` to resume")
+    logger.info("predict %s: %d blocks done (%d skipped) in %.1f s, %.0f voxels/s", plan.name, total, skipped, wall,
+                meta["voxels_per_second"] or 0.0)
+    return meta
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,484 @@
+"""Per-run result collections of synaptic partners: MongoDB or SQLite.
+
+One narrow interface, two backends chosen by URL:
+
+- ``sqlite:///path`` (the default, no server): one table per collection in an
+  SQLite file; a relative path resolves against ``base_dir`` (the run
+  directory).  ``sqlite:////abs/path`` is absolute.
+- ``mongodb://host:port`` / ``mongodb+srv://...`` through pymongo: one
+  collection per run in ``database``.
+
+Records carry Synful's synapse-database fields (see
+:data:`synful.io.partners.PARTNER_DTYPE`; locations in nm, (z, y, x)) plus
+``block_id``, the extraction block that wrote them.  The partner ``id`` is
+deterministic (derived from the post site's voxel) and is the primary key
+(``_id`` in MongoDB, ``INTEGER PRIMARY KEY`` in SQLite), so concurrent
+workers and reruns can never duplicate a partner.  Missing ids (NO_ID) are
+stored as null; int64 ids round-trip exactly.
+
+:meth:`Store.write_block` replaces what a block wrote before: in SQLite in one
+transaction; in MongoDB by upserting the new partners and then deleting that
+block's stale ones, so a reader never sees the block empty and a writer killed
+in between leaves at worst stale extras that the rerun of the (not done) block
+removes.
+
+Credentials: with ``credentials_file`` or ``credentials_env`` the whole MongoDB
+URL (with user and password) is read from that file or environment variable.
+URLs are only ever shown with their user info removed (:func:`redact_url`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import SynfulError
+from .io.partners import ID_FIELDS, NO_ID, PARTNER_DTYPE, PARTNER_FIELDS, empty_partners, write_partners
+
+__all__ = [
+    "StoreError",
+    "Store",
+    "SQLiteStore",
+    "MongoStore",
+    "open_store",
+    "open_run_store",
+    "run_collection_name",
+    "redact_url",
+]
+
+#: seconds to wait for a MongoDB server before failing
+CONNECT_TIMEOUT_S = 5.0
+_COORDS = ("pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x")
+_COLLECTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+class StoreError(SynfulError):
+    """The result store cannot be opened, reached or written; the message names the store (never credentials)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` removed, safe to print and log."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/]*@", r"\1***@", str(url))
+
+
+def _check_collection(name: str) -> str:
+    if not isinstance(name, str) or not _COLLECTION_RE.fullmatch(name):
+        raise StoreError(f"collection name {name!r}: use letters, digits, '_', '-' or '.' (not starting with a digit)")
+    return name
+
+
+def _as_partners(partners) -> np.ndarray:
+    a = np.asarray(partners)
+    if a.dtype != PARTNER_DTYPE:
+        raise StoreError(f"partners must be a numpy array of PARTNER_DTYPE, got dtype {a.dtype}")
+    if a.ndim != 1:
+        a = a.reshape(-1)
+    if len(np.unique(a["id"])) != len(a):
+        raise StoreError("partners hold duplicate ids")
+    if not np.all(np.isfinite(a["score"])):
+        raise StoreError("partners hold a score that is NaN or infinite")
+    return a
+
+
+def _roi_bounds(roi):
+    begin = tuple(int(v) for v in roi.begin)
+    end = tuple(int(v) for v in roi.end)
+    return begin, end
+
+
+class Store:
+    """A collection of partners: create, write per block, query, count, iterate, export, drop.
+
+    Subclasses implement the backend; every method takes and returns
+    :data:`PARTNER_DTYPE` arrays (locations nm, (z, y, x)).  Use as a context
+    manager or call :meth:`close`.
+    """
+
+    #: the store as a printable string (URL without credentials and collection)
+    name: str = ""
+    collection: str = ""
+
+    def create(self) -> None:
+        """Create the collection and its indexes; idempotent."""
+        raise NotImplementedError
+
+    def write_block(self, block_id: int, partners: np.ndarray) -> None:
+        """Replace everything block ``block_id`` wrote with ``partners`` (ids unique)."""
+        raise NotImplementedError
+
+    def query(self, roi=None) -> np.ndarray:
+        """Partners whose post site lies in ``roi`` (a funlib Roi in nm; None: all), sorted by id."""
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """Number of partners in the collection (0 if it does not exist)."""
+        raise NotImplementedError
+
+    def block_ids(self) -> np.ndarray:
+        """Sorted ids of the blocks that wrote at least one partner."""
+        raise NotImplementedError
+
+    def drop(self) -> None:
+        """Delete the collection and everything in it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __iter__(self) -> Iterator[np.void]:
+        """Iterate over the partners (PARTNER_DTYPE records) sorted by id."""
+        return iter(self.query())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def export(self, path) -> Path:
+        """Write all partners to ``path``: ``.json`` (FAFB benchmark) or ``.csv``; atomically."""
+        return write_partners(self.query(), path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name}, collection={self.collection})"
+
+
+# --------------------------------------------------------------------------------------
+# SQLite
+# --------------------------------------------------------------------------------------
+
+class SQLiteStore(Store):
+    """Partners in a table of an SQLite file (WAL mode: many readers, writers take turns)."""
+
+    def __init__(self, path, collection: str, *, timeout: float = 600.0):
+        self.path = Path(path)
+        self.collection = _check_collection(collection)
+        self.name = f"sqlite:///{self.path}"
+        self._table = '"' + self.collection.replace('"', '""') + '"'
+        self._timeout = timeout
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"{self.name}: cannot open the SQLite store: {e}") from None
+
+    def _exec(self, sql, params=()):
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.name} [{self.collection}]: {e}") from None
+
+    def _exists(self) -> bool:
+        return self._exec("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                          (self.collection,)).fetchone() is not None
+
+    def create(self) -> None:
+        cols = ", ".join(f"{f} INTEGER" for f in PARTNER_FIELDS if f not in ("id", "score"))
+        self._exec(f"CREATE TABLE IF NOT EXISTS {self._table} (id INTEGER PRIMARY KEY, {cols}, score REAL, "
+                   f"block_id INTEGER NOT NULL)")
+        stem = self.collection.replace('"', "")
+        self._exec(f'CREATE INDEX IF NOT EXISTS "{stem}__block" ON {self._table} (block_id)')
+        self._exec(f'CREATE INDEX IF NOT EXISTS "{stem}__post" ON {self._table} (post_z, post_y, post_x)')
+
+    def write_block(self, block_id: int, partners: np.ndarray) -> None:
+        partners = _as_partners(partners)
+        fields = list(PARTNER_FIELDS) + ["block_id"]
+        rows = _rows(partners, int(block_id))
+        sql = f"INSERT OR REPLACE INTO {self._table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
+        try:
+            # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(f"DELETE FROM {self._table} WHERE block_id = ?", (int(block_id),))
+                self._conn.executemany(sql, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.name} [{self.collection}]: writing block {block_id} failed: {e}") from None
+
+    def query(self, roi=None) -> np.ndarray:
+        if not self._exists():
+            return empty_partners(0)
+        where, params = "", ()
+        if roi is not None:
+            begin, end = _roi_bounds(roi)
+            where = " WHERE " + " AND ".join(f"post_{a} >= ? AND post_{a} < ?" for a in "zyx")
+            params = tuple(v for pair in zip(begin, end) for v in pair)
+        cur = self._exec(f"SELECT {', '.join(PARTNER_FIELDS)} FROM {self._table}{where} ORDER BY id", params)
+        return _from_rows(cur.fetchall())
+
+    def count(self) -> int:
+        if not self._exists():
+            return 0
+        return int(self._exec(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
+
+    def block_ids(self) -> np.ndarray:
+        if not self._exists():
+            return np.zeros(0, dtype=np.int64)
+        rows = self._exec(f"SELECT DISTINCT block_id FROM {self._table} ORDER BY block_id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def drop(self) -> None:
+        self._exec(f"DROP TABLE IF EXISTS {self._table}")
+
+    def close(self) -> None:
+        conn, self._conn = getattr(self, "_conn", None), None
+        if conn is not None:
+            conn.close()
+
+
+def _rows(partners: np.ndarray, block_id: int) -> list[tuple]:
+    """Rows of Python ints/floats in PARTNER_FIELDS order plus block_id; NO_ID -> None."""
+    cols = []
+    for f in PARTNER_FIELDS:
+        v = partners[f].tolist()
+        if f in ID_FIELDS:
+            v = [None if x == NO_ID else x for x in v]
+        cols.append(v)
+    cols.append([block_id] * len(partners))
+    return list(zip(*cols))
+
+
+def _from_rows(rows) -> np.ndarray:
+    out = empty_partners(len(rows))
+    if not rows:
+        return out
+    cols = list(zip(*rows))
+    for f, col in zip(PARTNER_FIELDS, cols):
+        if f in ID_FIELDS:
+            col = [NO_ID if x is None else x for x in col]
+        out[f] = np.array(col, dtype=PARTNER_DTYPE[f])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# MongoDB
+# --------------------------------------------------------------------------------------
+
+class MongoStore(Store):
+    """Partners in a MongoDB collection; the partner id is the document ``_id`` (and also field ``id``)."""
+
+    def __init__(self, url: str, database: str, collection: str, *, timeout: float = CONNECT_TIMEOUT_S):
+        import pymongo
+        from pymongo.errors import PyMongoError
+
+        self.collection = _check_collection(collection)
+        self.database = database
+        self.name = redact_url(url)
+        try:
+            self._client = pymongo.MongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000),
+                                               connectTimeoutMS=int(timeout * 1000))
+            # fail fast: the client connects lazily, so ask the server now
+            self._client.admin.command("ping")
+        except PyMongoError as e:
+            self._client = None
+            raise StoreError(f"cannot reach MongoDB at {self.name} within {timeout:g} s "
+                             f"({type(e).__name__}: {self._clean(e)})") from None
+        except (ValueError, TypeError) as e:  # malformed URL
+            self._client = None
+            raise StoreError(f"invalid MongoDB URL {self.name}: {self._clean(e)}") from None
+        self._url = url
+        self._col = self._client[database][self.collection]
+
+    def _clean(self, e) -> str:
+        """An exception message without credentials and trimmed to its first line."""
+        text = str(e).splitlines()[0] if str(e) else ""
+        text = text.split(", Timeout:")[0]
+        return redact_url(text)[:300]
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        from pymongo.errors import PyMongoError
+
+        try:
+            return fn(*args, **kwargs)
+        except PyMongoError as e:
+            raise StoreError(f"{self.name} [{self.database}.{self.collection}]: {what} failed "
+                             f"({type(e).__name__}: {self._clean(e)})") from None
+
+    def create(self) -> None:
+        import pymongo
+
+        def make():
+            db = self._client[self.database]
+            if self.collection not in db.list_collection_names():
+                try:
+                    db.create_collection(self.collection)
+                except pymongo.errors.CollectionInvalid:  # created meanwhile by another worker
+                    pass
+            self._col.create_index([("block_id", pymongo.ASCENDING)])
+            self._col.create_index([("post_z", pymongo.ASCENDING), ("post_y", pymongo.ASCENDING),
+                                    ("post_x", pymongo.ASCENDING)])
+
+        self._guard("creating the collection", make)
+
+    def write_block(self, block_id: int, partners: np.ndarray) -> None:
+        import pymongo
+        from pymongo.errors import BulkWriteError
+
+        partners = _as_partners(partners)
+        block_id = int(block_id)
+        docs = []
+        for row in _rows(partners, block_id):
+            d = dict(zip(PARTNER_FIELDS + ("block_id",), row))
+            d["_id"] = d["id"]
+            docs.append(d)
+
+        def write():
+            if docs:
+                try:
+                    # fast path for a fresh block; ids already present (rerun, other blocking) are replaced below
+                    self._col.insert_many(docs, ordered=False)
+                except BulkWriteError as e:
+                    errors = e.details.get("writeErrors", [])
+                    if any(err.get("code") != 11000 for err in errors):
+                        raise
+                    self._col.bulk_write([pymongo.ReplaceOne({"_id": docs[err["index"]]["_id"]},
+                                                             docs[err["index"]], upsert=True)
+                                          for err in errors], ordered=False)
+            self._col.delete_many({"block_id": block_id, "_id": {"$nin": [d["_id"] for d in docs]}})
+
+        self._guard(f"writing block {block_id}", write)
+
+    def query(self, roi=None) -> np.ndarray:
+        filt = {}
+        if roi is not None:
+            begin, end = _roi_bounds(roi)
+            for a, b, e in zip("zyx", begin, end):
+                filt[f"post_{a}"] = {"$gte": b, "$lt": e}
+        proj = {f: 1 for f in PARTNER_FIELDS}
+        proj["_id"] = 0
+        docs = self._guard("query", lambda: list(self._col.find(filt, proj)))
+        out = _from_rows([tuple(d.get(f) for f in PARTNER_FIELDS) for d in docs])
+        # sorted here: servers differ in how they order mixed-width integer keys
+        return out[np.argsort(out["id"], kind="stable")]
+
+    def count(self) -> int:
+        return int(self._guard("count", self._col.count_documents, {}))
+
+    def block_ids(self) -> np.ndarray:
+        ids = self._guard("listing blocks", self._col.distinct, "block_id")
+        return np.array(sorted(int(i) for i in ids), dtype=np.int64)
+
+    def drop(self) -> None:
+        self._guard("drop", self._col.drop)
+
+    def close(self) -> None:
+        client, self._client = getattr(self, "_client", None), None
+        if client is not None:
+            client.close()
+
+    def __getstate__(self):
+        raise TypeError("a MongoStore holds a live connection; open the store inside each worker instead")
+
+
+# --------------------------------------------------------------------------------------
+# opening
+# --------------------------------------------------------------------------------------
+
+def _read_secret_url(credentials_file, credentials_env) -> str | None:
+    if credentials_file:
+        path = Path(credentials_file)
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            raise StoreError(f"{path}: cannot read the credentials file ({e.strerror})") from None
+        if not text:
+            raise StoreError(f"{path}: credentials file is empty (expected a mongodb:// URL)")
+        return text.splitlines()[0].strip()
+    if credentials_env:
+        text = os.environ.get(credentials_env, "").strip()
+        if not text:
+            raise StoreError(f"environment variable {credentials_env} is unset or empty (expected a mongodb:// URL)")
+        return text
+    return None
+
+
+def open_store(url: str, *, database: str = "synful", collection: str, base_dir=None,
+               credentials_file=None, credentials_env=None, timeout: float = CONNECT_TIMEOUT_S) -> Store:
+    """Open (but do not create) the partner collection ``collection`` in the store at ``url``.
+
+    ``url``: ``sqlite:///relative/or/abs.sqlite`` (relative paths resolve
+    against ``base_dir``, default the working directory; ``sqlite:////abs``
+    is absolute) or ``mongodb://...`` / ``mongodb+srv://...``.  With
+    ``credentials_file`` (a file whose first line is the URL) or
+    ``credentials_env`` (an environment variable holding it), the MongoDB URL
+    with credentials comes from there instead of ``url``.  An unreachable
+    MongoDB raises :class:`StoreError` after ``timeout`` seconds; no message
+    ever contains credentials.
+    """
+    secret = _read_secret_url(credentials_file, credentials_env)
+    if secret is not None:
+        if not secret.startswith(("mongodb://", "mongodb+srv://")):
+            raise StoreError(f"credentials from {credentials_file or '$' + str(credentials_env)}: "
+                             f"expected a mongodb:// URL")
+        url = secret
+    url = str(url).strip()
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://"):]
+        if not rest.startswith("/") or rest == "/":
+            raise StoreError(f"store URL {url!r}: expected sqlite:///relative/path or sqlite:////absolute/path")
+        path = Path(rest[1:])
+        if not path.is_absolute():
+            path = Path(base_dir or ".") / path
+        return SQLiteStore(path.resolve(), collection)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        return MongoStore(url, database, collection, timeout=timeout)
+    raise StoreError(f"store URL {redact_url(url)!r}: expected sqlite:///path or mongodb://host:port")
+
+
+def run_collection_name(predict_dir) -> str:
+    """``partners_<exp>_t<T>_p<P>`` for a prediction setup directory."""
+    from .scaffold import run_ids
+
+    return f"partners_{run_ids(predict_dir).name}"
+
+
+def open_run_store(predict_dir, *, timeout: float = CONNECT_TIMEOUT_S) -> Store:
+    """The result store of the prediction run in ``predict_dir`` (from its predict_config.ini [Extraction]).
+
+    A relative sqlite path resolves against ``predict_dir``; the collection is
+    ``[Extraction] collection`` or ``partners_<exp>_t<T>_p<P>``.
+    """
+    from .config import read_predict_config
+
+    predict_dir = Path(predict_dir).resolve()
+    cfg = read_predict_config(predict_dir / "predict_config.ini").extraction
+    return store_from_config(cfg, predict_dir, timeout=timeout)
+
+
+def store_from_config(cfg, predict_dir, *, timeout: float = CONNECT_TIMEOUT_S) -> Store:
+    """The store an [Extraction] section names, for the run in ``predict_dir``."""
+    collection = cfg.collection or run_collection_name(predict_dir)
+    return open_store(cfg.store_url, database=cfg.database, collection=collection, base_dir=predict_dir,
+                      credentials_file=cfg.credentials_file, credentials_env=cfg.credentials_env, timeout=timeout)
+
+
+def wait_for_mongodb(url: str, timeout: float = 30.0) -> None:
+    """Block until a MongoDB server at ``url`` answers ping (used by test and benchmark set-ups)."""
+    import pymongo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=250)
+        try:
+            client.admin.command("ping")
+            return
+        except pymongo.errors.PyMongoError:
+            if time.monotonic() > deadline:
+                raise StoreError(f"MongoDB at {redact_url(url)} did not come up within {timeout:g} s") from None
+            time.sleep(0.1)
+        finally:
+            client.close()

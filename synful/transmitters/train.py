@@ -1,0 +1,286 @@
+"""Train the VGG3D transmitter classifier of a training setup (resumable, TensorBoard).
+
+Setup directory (made by ``prepare_training.py -e EXP -t T --kind transmitter``)::
+
+    02_train/setup_t<T>/
+      transmitter_train_config.ini   [TransmitterTraining]
+      worker_config.ini              [Worker]
+      train.py                       python train.py ITERATIONS
+      checkpoints/                   model_checkpoint_<it>.keras (model + optimizer), classes.json
+      log/                           TensorBoard scalars (loss, accuracy, per-class sampling)
+
+Data: the synapses of the ``train`` part of split ``split_name`` in the store;
+a sample is a cube of ``input_shape`` voxels centred on a synapse (its x, y, z
+in nm), cut from ``raw_container/raw_dataset``; its label is the index of the
+synapse's class in ``synapse_types`` (+ ``neither``).
+
+The gunpowder pipeline has one branch per class (source, normalize, zero
+padding, a random synapse of that class, augmentations, the constant class
+label) under a RandomProvider that picks a class uniformly: every batch is
+class-balanced in expectation, whatever the class frequencies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ConfigError, read_transmitter_train_config, write_config
+from ..errors import SynfulError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TRAIN_CONFIG",
+    "TransmitterTrainError",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_training_setup",
+    "build_pipeline",
+    "train",
+]
+
+TRAIN_CONFIG = "transmitter_train_config.ini"
+_CKPT = re.compile(r"model_checkpoint_(\d+)\.keras")
+
+
+class TransmitterTrainError(SynfulError):
+    """A transmitter training setup cannot run (no training synapses, missing checkpoint, ...)."""
+
+
+def checkpoint_path(setup_dir, iteration: int) -> Path:
+    """``<setup>/checkpoints/model_checkpoint_<iteration>.keras``."""
+    return Path(setup_dir) / "checkpoints" / f"model_checkpoint_{int(iteration)}.keras"
+
+
+def latest_checkpoint(setup_dir) -> tuple[int, Path] | None:
+    """``(iteration, path)`` of the newest checkpoint in ``<setup>/checkpoints``, or None."""
+    d = Path(setup_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in (d.iterdir() if d.is_dir() else []) if (m := _CKPT.fullmatch(p.name))]
+    return max(found) if found else None
+
+
+def load_training_setup(setup_dir):
+    """``(config, class names, store)`` of a transmitter training setup; the caller closes the store."""
+    from .db import open_store
+    from .splits import class_names
+
+    setup_dir = Path(setup_dir).resolve()
+    cfg = read_transmitter_train_config(setup_dir / TRAIN_CONFIG)
+    classes = class_names(cfg.synapse_types, cfg.neither_class)
+    store = open_store(cfg.store_url, base_dir=setup_dir, credentials_file=cfg.credentials_file,
+                       credentials_env=cfg.credentials_env)
+    return cfg, classes, store
+
+
+def open_raw(container, dataset, voxel_size, source: str):
+    """The raw volume as a funlib Array; ConfigError if its voxel size is not ``voxel_size``."""
+    from ..io.volumes import open_volume
+
+    raw = open_volume(container, dataset)
+    if tuple(raw.voxel_size) != tuple(voxel_size):
+        raise ConfigError(f"{source} voxel_size: {tuple(voxel_size)} nm, but {container}/{dataset} has voxel size "
+                          f"{tuple(raw.voxel_size)} nm")
+    return raw
+
+
+def synapse_location(synapse: dict):
+    """A synapse document's location as a (z, y, x) nm Coordinate."""
+    from funlib.geometry import Coordinate
+
+    return Coordinate(int(round(synapse["z"])), int(round(synapse["y"])), int(round(synapse["x"])))
+
+
+def _class_label_node():
+    import gunpowder as gp
+
+    class ClassLabel(gp.BatchFilter):
+        """Adds a nonspatial int64 array ``key`` holding the constant ``label`` to every batch."""
+
+        def __init__(self, key, label: int):
+            self.key, self.label = key, int(label)
+
+        def setup(self):
+            self.provides(self.key, gp.ArraySpec(nonspatial=True))
+
+        def prepare(self, request):
+            deps = gp.BatchRequest()
+            for k, spec in request.items():
+                if k != self.key:
+                    deps[k] = spec.copy()
+            return deps
+
+        def process(self, batch, request):
+            out = gp.Batch()
+            out[self.key] = gp.Array(np.array(self.label, dtype=np.int64), gp.ArraySpec(nonspatial=True))
+            return out
+
+    return ClassLabel
+
+
+def build_pipeline(cfg, raw, synapses_by_class: dict[int, list[dict]], raw_key, label_key):
+    """The gunpowder training pipeline (without Stack / PreCache): one class-balanced sample per request.
+
+    ``synapses_by_class`` maps class index -> synapse documents; classes
+    without synapses are left out of the sampling.
+    """
+    import gunpowder as gp
+
+    ClassLabel = _class_label_node()
+    branches = []
+    for label, synapses in sorted(synapses_by_class.items()):
+        if not synapses:
+            continue
+        b = (gp.ArraySource(raw_key, raw, interpolatable=True)
+             + gp.Normalize(raw_key)
+             + gp.Pad(raw_key, None)
+             + gp.SpecifiedLocation([synapse_location(s) for s in synapses], choose_randomly=True))
+        if cfg.elastic_augment:
+            # anisotropic: deform and rotate in-plane, z control points one per 4 sections
+            b += gp.ElasticAugment(control_point_spacing=(4, 40, 40), jitter_sigma=(0, 2, 2),
+                                   rotation_interval=(0, math.pi / 2), subsample=8)
+        if cfg.simple_augment:
+            b += gp.SimpleAugment(transpose_only=(1, 2), mirror_only=(1, 2))
+        if cfg.intensity_augment:
+            b += gp.IntensityAugment(raw_key, 0.9, 1.1, -0.1, 0.1)
+        b += ClassLabel(label_key, label)
+        branches.append(b)
+    if not branches:
+        raise TransmitterTrainError("no training synapses")
+    return tuple(branches) + gp.RandomProvider() + gp.IntensityScaleShift(raw_key, 2, -1)
+
+
+def write_scalars(writer, scalars: dict, step: int):
+    """TensorBoard scalar summaries through TensorFlow's core summary op (no tensorboard package needed)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    with writer.as_default(step=step):
+        for tag, value in scalars.items():
+            tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta)
+    writer.flush()
+
+
+def _compile(model, cfg):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def _prune(setup_dir, keep: int):
+    if keep <= 0:
+        return
+    d = Path(setup_dir) / "checkpoints"
+    found = sorted(int(m.group(1)) for p in d.iterdir() if (m := _CKPT.fullmatch(p.name)))
+    for it in found[:-keep]:
+        checkpoint_path(setup_dir, it).unlink(missing_ok=True)
+
+
+def _save(model, setup_dir, iteration: int, keep: int) -> Path:
+    path = checkpoint_path(setup_dir, iteration)
+    tmp = path.with_name(f".tmp-{path.name}")  # ends in .keras, as keras requires; renamed when complete
+    model.save(tmp)
+    os.replace(tmp, path)
+    _prune(setup_dir, keep)
+    return path
+
+
+def train(setup_dir, iterations: int) -> dict:
+    """Train the setup's VGG3D up to ``iterations``, resuming from its newest checkpoint.
+
+    Returns ``{"iteration", "checkpoint", "classes", "train_synapses"}``.  A
+    checkpoint (model and optimizer state) is written every
+    ``checkpoint_every`` iterations and at the end; TensorBoard scalars go to
+    ``<setup>/log``.
+    """
+    import gunpowder as gp
+    import keras
+    import tensorflow as tf
+
+    from .model import vgg3d_from_config
+    from .splits import split_synapses
+
+    setup_dir = Path(setup_dir).resolve()
+    source = str(setup_dir / TRAIN_CONFIG)
+    cfg, classes, store = load_training_setup(setup_dir)
+    iterations = int(iterations)
+    if iterations < 1:
+        raise TransmitterTrainError(f"iterations {iterations}: must be >= 1")
+    with store:
+        synapses = split_synapses(store, cfg.database, cfg.split_name, "train", synapse_types=cfg.synapse_types,
+                                  neither_class=cfg.neither_class)
+    if not synapses:
+        raise TransmitterTrainError(f"{source}: split {cfg.split_name!r} has no train synapses of classes "
+                                    f"{', '.join(classes)}")
+    by_class = {i: [s for s in synapses if s["label"] == c] for i, c in enumerate(classes)}
+    missing = [classes[i] for i, s in by_class.items() if not s]
+    if missing:
+        logger.warning("no training synapses of class(es) %s: they are never sampled", ", ".join(missing))
+    raw = open_raw(cfg.raw_container, cfg.raw_dataset, cfg.voxel_size, f"{source} [TransmitterTraining]")
+
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.seed)
+    (setup_dir / "checkpoints").mkdir(exist_ok=True)
+    write_config(setup_dir / "checkpoints" / "resolved_transmitter_train_config.ini", cfg)
+    classes_file = setup_dir / "checkpoints" / "classes.json"
+    if classes_file.is_file() and json.loads(classes_file.read_text()) != classes:
+        raise TransmitterTrainError(f"{source}: classes {classes} differ from those of the existing checkpoints "
+                                    f"{json.loads(classes_file.read_text())} (start a new setup)")
+    classes_file.write_text(json.dumps(classes))
+
+    latest = latest_checkpoint(setup_dir)
+    if latest is not None:
+        start, path = latest
+        logger.info("resuming from %s", path)
+        model = keras.models.load_model(path)
+    else:
+        start = 0
+        model = vgg3d_from_config(cfg, len(classes))
+        _compile(model, cfg)
+    if start >= iterations:
+        logger.info("already trained to iteration %d >= %d", start, iterations)
+        return {"iteration": start, "checkpoint": str(latest[1]), "classes": classes,
+                "train_synapses": len(synapses)}
+
+    raw_key, label_key = gp.ArrayKey("RAW"), gp.ArrayKey("LABEL")
+    pipeline = build_pipeline(cfg, raw, by_class, raw_key, label_key) + gp.Stack(cfg.batch_size)
+    if cfg.num_workers > 0:
+        pipeline += gp.PreCache(cache_size=cfg.cache_size, num_workers=cfg.num_workers)
+    voxel_size = gp.Coordinate(cfg.voxel_size)
+    input_size = gp.Coordinate(cfg.input_shape) * voxel_size
+
+    writer = tf.summary.create_file_writer(str(setup_dir / "log"))
+    path = None
+    t0, seen = time.perf_counter(), np.zeros(len(classes), dtype=np.int64)
+    with gp.build(pipeline):
+        for it in range(start + 1, iterations + 1):
+            request = gp.BatchRequest(random_seed=cfg.seed * 1_000_003 + it)
+            request.add(raw_key, input_size)
+            request[label_key] = gp.ArraySpec(nonspatial=True)
+            batch = pipeline.request_batch(request)
+            x = batch[raw_key].data.astype(np.float32)[..., None]  # (b, z, y, x, 1)
+            y = batch[label_key].data.astype(np.int64).reshape(-1)
+            seen += np.bincount(y, minlength=len(classes))
+            model.reset_metrics()  # report this batch's loss and accuracy, not a running mean
+            logs = model.train_on_batch(x, y, return_dict=True)
+            if it % cfg.log_every == 0 or it == iterations:
+                scalars = {"loss": logs["loss"], "accuracy": logs["accuracy"],
+                           **{f"sampled/{c}": n / max(1, seen.sum()) for c, n in zip(classes, seen)}}
+                write_scalars(writer, scalars, it)
+                logger.info("iteration %d: loss %.4f accuracy %.3f (%.2f s/it)", it, logs["loss"], logs["accuracy"],
+                            (time.perf_counter() - t0) / (it - start))
+            if it % cfg.checkpoint_every == 0 or it == iterations:
+                path = _save(model, setup_dir, it, cfg.keep_checkpoints)
+    writer.close()
+    return {"iteration": iterations, "checkpoint": str(path), "classes": classes, "train_synapses": len(synapses)}

@@ -1,0 +1,102 @@
+"""Shared test fixtures: servers started by the test set-up on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nx27017_executable() -> str:
+    exe = Path(sys.executable).parent / "nx-27017"
+    return str(exe) if exe.exists() else (shutil.which("nx-27017") or "")
+
+
+def start_nx27017(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the nx-27017 MongoDB wire-protocol server (SQLite-backed) in ``workdir``; return (process, URL)."""
+    from synful.store import wait_for_mongodb
+
+    exe = _nx27017_executable()
+    if not exe:
+        pytest.skip("nx-27017 is not installed (pip install nx-27017)")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "nx-27017.out", "wb")
+    proc = subprocess.Popen(
+        [exe, "--host", "127.0.0.1", "--port", str(port), "--db", str(workdir / "mongo.sqlite"),
+         "--pid-file", str(workdir / "nx-27017.pid"), "--log-file", str(workdir / "nx-27017.log")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    url = f"mongodb://127.0.0.1:{port}"
+    try:
+        wait_for_mongodb(url, timeout=30)
+    except Exception:
+        stop_process(proc)
+        raise
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a process we started, by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(tmp_path_factory):
+    """A mongodb:// URL: $SYNFUL_TEST_MONGODB_URL (a real mongod) if set, else a fresh nx-27017 on 127.0.0.1."""
+    env = os.environ.get("SYNFUL_TEST_MONGODB_URL")
+    if env:
+        yield env
+        return
+    proc, url = start_nx27017(tmp_path_factory.mktemp("mongodb"))
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
+SLURM_SCRIPTS = Path(__file__).resolve().parent / "slurm"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm on 127.0.0.1 (tests/slurm/start_local_slurm.sh; partitions cpu, gpu; 2 fake GPUs).
+
+    Installs slurm-wlm and munge when missing (needs root).  Fails the tests that use it, loudly, when
+    Slurm cannot start.  A cluster this session started is stopped at the end, daemon by daemon through
+    their pid files (tests/slurm/stop_local_slurm.sh); one that was already running is left alone.
+    Yields the ready line (node, CPUs, memory, gres, partitions).
+    """
+    try:
+        res = subprocess.run(["bash", str(SLURM_SCRIPTS / "start_local_slurm.sh")], capture_output=True, text=True,
+                             timeout=900)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"local Slurm did not start within 900 s: {e}", pytrace=False)
+    if res.returncode != 0:
+        pytest.fail(f"local Slurm did not start (exit {res.returncode}):\n{res.stdout}\n{res.stderr}", pytrace=False)
+    started = "LOCAL SLURM STARTED" in res.stdout
+    try:
+        yield res.stdout.strip().splitlines()[-1]
+    finally:
+        if started:
+            subprocess.run(["bash", str(SLURM_SCRIPTS / "stop_local_slurm.sh")], capture_output=True, timeout=300)

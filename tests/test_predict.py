@@ -1,0 +1,202 @@
+"""Blockwise prediction: equals one pass over the whole volume, resumes after a killed worker, skips done blocks.
+
+A tiny U-Net (one level, two feature maps) with random weights is saved as the checkpoint of a
+training setup; the raw volume has a non-zero offset and a shape that is no multiple of the block.
+The reference is the same network built for an input covering the whole volume plus its context,
+run once on the volume padded with ``np.pad``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array
+
+from synful.cli import main
+from synful.config import read_train_config
+from synful.io.volumes import open_volume, write_volume
+from synful.predict import (KILL_AFTER_BLOCKS_ENV, PredictionError, encode_indicator, encode_vectors,
+                            plan_prediction, predict, read_padded)
+from synful.scaffold import create_predict_setups, create_train_setup
+
+VOXEL_SIZE = (40, 4, 4)
+RAW_OFFSET = (80, 8, 12)  # nm
+RAW_SHAPE = (11, 30, 34)  # voxels: no multiple of the (2, 12, 12)-voxel network output
+INPUT_SHAPE = (8, 20, 20)  # -> output (2, 12, 12), context (3, 4, 4) voxels
+TRAINING = {
+    "voxel_size": VOXEL_SIZE, "input_shape": INPUT_SHAPE, "fmap_num": 2, "fmap_inc_factor": 2,
+    "downsample_factors": [(1, 2, 2)], "kernel_size": (3, 3, 3), "num_convs": 1, "tasks": "both",
+}
+ITERATION = 1
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A training setup with a random-weight checkpoint, and a raw zarr volume."""
+    from synful.models import build_unet
+    from synful.train import checkpoint_path
+
+    base = tmp_path_factory.mktemp("experiments")
+    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": TRAINING}})
+    cfg = read_train_config(train_dir / "train_config.ini")
+    model = build_unet(cfg)
+    rng = np.random.default_rng(0)
+    # random weights large enough that the outputs vary across the volume
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    ckpt = checkpoint_path(train_dir, ITERATION)
+    os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+    model.save_weights(str(ckpt))
+    raw = rng.integers(0, 256, RAW_SHAPE, dtype=np.uint8)
+    raw_container = base / "exp" / "01_data" / "raw.zarr"
+    write_volume(raw_container, "volumes/raw", raw, VOXEL_SIZE, offset=RAW_OFFSET)
+    return {"base": base, "cfg": cfg, "ckpt": ckpt, "raw": raw, "raw_container": str(raw_container)}
+
+
+def single_pass(experiment, padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indicator probabilities (z, y, x) and vectors (3, z, y, x) of one network pass over the whole volume."""
+    from synful.models import build_unet, normalize_raw, output_shape
+
+    cfg = experiment["cfg"]
+    context = [(i - o) // 2 for i, o in zip(INPUT_SHAPE, output_shape(cfg, INPUT_SHAPE))]
+    big = tuple(s + 2 * c for s, c in zip(RAW_SHAPE, context))
+    assert output_shape(cfg, big) == RAW_SHAPE
+    model = build_unet(cfg, big)
+    model.load_weights(str(experiment["ckpt"]))
+    raw = np.pad(experiment["raw"], [(c, c) for c in context], mode="constant" if padding == "zero" else "reflect")
+    out = model(normalize_raw(raw)[None, ..., None], training=False)
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(out["syn_indicator"])[0, ..., 0]))
+    vectors = np.moveaxis(np.asarray(out["partner_vectors"])[0], -1, 0)
+    return prob, vectors
+
+
+def predict_setup(experiment, prediction: dict, worker: dict):
+    prediction = {"raw_container": experiment["raw_container"], "raw_dataset": "volumes/raw", **prediction}
+    worker = {"executor": "local", "gpus": 0, **worker}
+    (setup,) = create_predict_setups(experiment["base"], "exp", 0, [ITERATION], overrides={
+        "predict_config.ini": {"Prediction": prediction}, "worker_config.ini": {"Worker": worker}})
+    return setup
+
+
+def read_outputs(setup):
+    plan = plan_prediction(setup)
+    ind = open_volume(plan.prediction.out_container, plan.prediction.indicator_dataset)
+    vec = open_volume(plan.prediction.out_container, plan.prediction.vectors_dataset)
+    return ind, vec
+
+
+def chunk_mtimes(setup) -> dict:
+    plan = plan_prediction(setup)
+    root = plan.prediction.out_container
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(root) for f in files if not f.startswith(".")}
+
+
+def test_two_workers_match_single_pass_and_rerun_skips_everything(experiment):
+    setup = predict_setup(experiment, {"indicator_dtype": "float32", "vectors_dtype": "float32",
+                                       "block_factor": (2, 1, 1), "batch_size": 2},
+                          {"num_block_workers": 2, "max_retries": 1})
+    meta = predict(setup, progress=False)
+    plan = plan_prediction(setup)
+    assert meta["complete"] and meta["workers"]["count"] == 2
+    assert meta["blocks"]["processed"] == meta["blocks"]["total"] == plan.num_blocks == 3 * 3 * 3
+    ind, vec = read_outputs(setup)
+    raw_roi = Roi(RAW_OFFSET, Coordinate(RAW_SHAPE) * Coordinate(VOXEL_SIZE))
+    assert ind.roi == raw_roi and vec.roi == raw_roi and tuple(ind.voxel_size) == VOXEL_SIZE
+    assert ind.attrs["scale"] == 1.0 and vec.attrs["scale"] == 1.0
+    assert tuple(ind.data.chunksize) == (4, 12, 12)  # one write block per chunk
+    prob, vectors = single_pass(experiment, "zero")
+    assert prob.std() > 0.01 and vectors.std() > 0.01
+    np.testing.assert_allclose(ind[ind.roi], prob, atol=1e-4)
+    np.testing.assert_allclose(vec[vec.roi], vectors, rtol=1e-4, atol=1e-3)
+
+    saved = json.loads(plan.metadata_path.read_text())
+    assert saved["checkpoint"] == str(experiment["ckpt"]) and saved["blocks"]["total"] == 27
+    for k in ("synful_version", "git_commit", "start", "end", "voxels_per_second", "config"):
+        assert k in saved
+    assert (plan.out_dir / f"{plan.name}_predict_config.ini").is_file()
+
+    before = chunk_mtimes(setup)
+    again = predict(setup, progress=False)
+    assert again["complete"]
+    assert again["blocks"]["processed"] == 0 and again["blocks"]["skipped"] == 27
+    after = chunk_mtimes(setup)
+    assert {k: v for k, v in after.items() if "/volumes/" in k} == {k: v for k, v in before.items() if "/volumes/" in k}
+
+
+def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkeypatch):
+    setup = predict_setup(experiment, {"indicator_dtype": "uint8", "vectors_dtype": "int8", "vectors_scale": 0.05,
+                                       "padding": "mirror"},
+                          {"num_block_workers": 1, "max_retries": 0})
+    monkeypatch.setenv(KILL_AFTER_BLOCKS_ENV, "4")
+    with pytest.raises(PredictionError, match="did not finish"):
+        predict(setup, progress=False)
+    plan = plan_prediction(setup)
+    first = json.loads(plan.metadata_path.read_text())
+    assert not first["complete"] and first["blocks"]["processed"] == 4
+
+    monkeypatch.delenv(KILL_AFTER_BLOCKS_ENV)
+    meta = predict(setup, progress=False)
+    total = plan.num_blocks
+    assert total == 6 * 3 * 3
+    assert meta["complete"] and meta["blocks"]["skipped"] == 4 and meta["blocks"]["processed"] == total - 4
+
+    prob, vectors = single_pass(experiment, "mirror")
+    ind, vec = read_outputs(setup)
+    assert ind.dtype == np.uint8 and vec.dtype == np.int8
+    assert ind.attrs["scale"] == pytest.approx(1 / 255) and vec.attrs["scale"] == pytest.approx(0.05)
+    want_ind, _ = encode_indicator(prob, "uint8")
+    want_vec, _ = encode_vectors(vectors, "int8", 0.05)
+    # rounding of values that sit on a quantisation boundary may differ by one unit
+    assert np.abs(ind[ind.roi].astype(int) - want_ind).max() <= 1
+    assert np.abs(vec[vec.roi].astype(int) - want_vec).max() <= 1
+
+
+def test_roi_outside_raw_fails_before_any_worker(experiment, capsys):
+    setup = predict_setup(experiment, {"roi_offset": (0, 0, 0), "roi_shape": (400, 80, 80)}, {})
+    with pytest.raises(PredictionError, match="outside the raw data"):
+        predict(setup, progress=False)
+    assert main(["predict", str(setup)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "roi_offset" in err and "outside the raw data" in err
+    assert not (setup / "log").exists() and not (setup / "predictions.zarr").exists()
+
+
+def test_missing_checkpoint_fails_before_any_worker(experiment):
+    setup = predict_setup(experiment, {}, {})
+    ini = setup / "predict_config.ini"
+    ini.write_text(ini.read_text().replace(f"iteration = {ITERATION}", "iteration = 999"))
+    with pytest.raises(PredictionError, match="no checkpoint for iteration 999"):
+        predict(setup, progress=False)
+    assert not (setup / "log").exists() and not (setup / "predictions.zarr").exists()
+
+
+@pytest.mark.parametrize("padding", ["zero", "mirror"])
+def test_read_padded_equals_padding_the_whole_volume(padding):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (5, 6, 7), dtype=np.uint8)
+    vs = Coordinate(2, 3, 4)
+    array = Array(data, offset=(10, 30, 40), voxel_size=vs)
+    pad = (7, 2, 9)  # more than the data along z and x: mirrored more than once
+    full = np.pad(data, [(p, p) for p in pad], mode="constant" if padding == "zero" else "reflect")
+    begin = Coordinate(10, 30, 40) - Coordinate(pad) * vs
+    for offset, shape in (((0, 0, 0), full.shape), ((3, 1, 8), (6, 5, 9)), ((12, 0, 0), (3, 4, 5))):
+        roi = Roi(begin + Coordinate(offset) * vs, Coordinate(shape) * vs)
+        want = full[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+        np.testing.assert_array_equal(read_padded(array, roi, padding), want)
+
+
+def test_encodings_follow_the_scale_contract():
+    prob = np.array([0.0, 0.5, 0.999, 1.0], np.float32)
+    stored, scale = encode_indicator(prob, "uint8")
+    assert stored.dtype == np.uint8 and scale == pytest.approx(1 / 255)
+    np.testing.assert_allclose(stored * scale, prob, atol=0.5 / 255)
+    vec = np.array([-1000.0, -3.0, 0.0, 2.9, 1000.0], np.float32)
+    stored, scale = encode_vectors(vec, "int8", 4.0)
+    assert stored.dtype == np.int8 and scale == 4.0
+    assert stored.tolist() == [-127, -1, 0, 1, 127]
+    stored, scale = encode_vectors(vec, "float16", 4.0)
+    assert stored.dtype == np.float16 and scale == 1.0

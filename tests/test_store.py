@@ -1,0 +1,190 @@
+"""Result store: the same behaviour from SQLite and MongoDB (wire-protocol server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+import uuid
+
+import numpy as np
+import pytest
+from funlib.geometry import Roi
+
+from synful.io.partners import NO_ID, PARTNER_DTYPE, empty_partners, read_partners
+from synful.store import SQLiteStore, MongoStore, StoreError, open_store, redact_url
+
+BIG = 2 ** 62 + 12345  # above 2**53: would be corrupted by any float round trip
+
+
+def partners(ids, block=0):
+    p = empty_partners(len(ids))
+    p["id"] = ids
+    for i, pid in enumerate(ids):
+        p[i]["post_z"], p[i]["post_y"], p[i]["post_x"] = 40 * (pid % 50), 4 * (pid % 7), 4 * (pid % 11)
+        p[i]["pre_z"], p[i]["pre_y"], p[i]["pre_x"] = p[i]["post_z"], p[i]["post_y"] + 100, p[i]["post_x"] - 100
+    p["score"] = np.asarray(ids, dtype=float) / 10 + block
+    return p
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/partners.sqlite"
+    return request.getfixturevalue("mongodb_url")
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url, database="synful_test", collection=f"partners_{uuid.uuid4().hex[:10]}")
+    s.create()
+    yield s
+    s.drop()
+    s.close()
+
+
+def test_create_write_query_count_iter(store):
+    assert store.count() == 0
+    store.create()  # idempotent
+    a, b = partners([1, 2, 3], 0), partners([10, 11], 1)
+    store.write_block(0, a)
+    store.write_block(1, b)
+    assert store.count() == 5
+    got = store.query()
+    assert got.dtype == PARTNER_DTYPE
+    np.testing.assert_array_equal(got, np.sort(np.concatenate([a, b]), order="id"))
+    assert [int(p["id"]) for p in store] == [1, 2, 3, 10, 11]
+    assert store.block_ids().tolist() == [0, 1]
+
+
+def test_rewrite_replaces_block(store):
+    store.write_block(0, partners([1, 2, 3]))
+    store.write_block(1, partners([7]))
+    store.write_block(0, partners([2, 4], block=5))  # 1 and 3 gone, 2 updated, 4 new
+    got = store.query()
+    assert got["id"].tolist() == [2, 4, 7]
+    assert got["score"][0] == pytest.approx(5.2)
+    store.write_block(0, empty_partners(0))
+    assert store.query()["id"].tolist() == [7]
+
+
+def test_query_roi_by_post_site(store):
+    p = partners(list(range(100)))
+    store.write_block(0, p)
+    roi = Roi((40, 4, 0), (400, 12, 24))
+    got = store.query(roi)
+    inside = [roi.contains((int(q["post_z"]), int(q["post_y"]), int(q["post_x"]))) for q in p]
+    assert 0 < sum(inside) < 100
+    np.testing.assert_array_equal(got, np.sort(p[np.array(inside)], order="id"))
+
+
+def test_int64_ids_and_missing_ids_round_trip(store, tmp_path):
+    p = partners([BIG, 5])
+    p[0]["pre_seg_id"], p[0]["post_seg_id"] = BIG, -BIG
+    p[0]["pre_skel_id"] = 2 ** 63 - 1
+    p[1]["post_seg_id"] = 0
+    store.write_block(3, p)
+    got = store.query()
+    np.testing.assert_array_equal(got, np.sort(p, order="id"))
+    assert got[got["id"] == 5]["pre_seg_id"][0] == NO_ID
+    for name in ("out.json", "out.csv"):
+        path = store.export(tmp_path / name)
+        np.testing.assert_array_equal(read_partners(path), got)
+    link = json.loads((tmp_path / "out.json").read_text())[0]
+    assert set(link) >= {"location_pre", "location_post", "id_segm_pre", "id_segm_post", "score"}
+
+
+def test_drop_only_when_asked(store_url):
+    name = f"partners_{uuid.uuid4().hex[:10]}"
+    with open_store(store_url, database="synful_test", collection=name) as s:
+        s.create()
+        s.write_block(0, partners([1]))
+    with open_store(store_url, database="synful_test", collection=name) as s:
+        s.create()  # reopening and creating again keeps the data
+        assert s.count() == 1
+        s.drop()
+        assert s.count() == 0
+
+
+def test_bad_partners_rejected(store):
+    p = partners([1, 1])
+    with pytest.raises(StoreError, match="duplicate"):
+        store.write_block(0, p)
+    p = partners([1])
+    p["score"] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        store.write_block(0, p)
+    with pytest.raises(StoreError, match="PARTNER_DTYPE"):
+        store.write_block(0, np.zeros(3))
+    assert store.count() == 0
+
+
+def _writer(url, collection, worker, n_blocks, per_block):
+    # every block is written by both processes, twice; ids overlap between blocks too
+    with open_store(url, database="synful_test", collection=collection) as s:
+        s.create()
+        for rep in range(2):
+            for b in range(n_blocks):
+                blk = (b + worker) % n_blocks
+                ids = list(range(blk * per_block, (blk + 1) * per_block))
+                s.write_block(blk, partners(ids))
+
+
+def test_two_processes_leave_no_duplicates(store_url):
+    name = f"partners_{uuid.uuid4().hex[:10]}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(store_url, name, w, 8, 50)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with open_store(store_url, database="synful_test", collection=name) as s:
+        got = s.query()
+        assert s.count() == 400
+        s.drop()
+    assert got["id"].tolist() == list(range(400))
+
+
+def test_unreachable_mongodb_fails_fast_without_leaking_credentials():
+    from conftest import free_port
+
+    url = f"mongodb://someone:s3cret-pw@127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as e:
+        open_store(url, collection="partners_x", timeout=1.0)
+    assert time.monotonic() - t0 < 30
+    assert "cannot reach MongoDB" in str(e.value) and "127.0.0.1" in str(e.value)
+    assert "s3cret" not in str(e.value) and "someone" not in str(e.value)
+
+
+def test_credentials_from_file_and_env(mongodb_url, tmp_path, monkeypatch):
+    name = f"partners_{uuid.uuid4().hex[:10]}"
+    secret = tmp_path / "mongo_url"
+    secret.write_text(mongodb_url + "\n")
+    with open_store("mongodb://ignored:1", database="synful_test", collection=name,
+                    credentials_file=secret) as s:
+        assert isinstance(s, MongoStore)
+        s.create()
+        s.write_block(0, partners([1]))
+    monkeypatch.setenv("SYNFUL_TEST_URL", mongodb_url)
+    with open_store("mongodb://ignored:1", database="synful_test", collection=name,
+                    credentials_env="SYNFUL_TEST_URL") as s:
+        assert s.count() == 1
+        s.drop()
+    with pytest.raises(StoreError, match="NOT_SET_ANYWHERE"):
+        open_store("mongodb://x", collection=name, credentials_env="NOT_SET_ANYWHERE")
+    with pytest.raises(StoreError, match="cannot read"):
+        open_store("mongodb://x", collection=name, credentials_file=tmp_path / "missing")
+
+
+def test_url_handling(tmp_path):
+    assert redact_url("mongodb://u:p@h:1/db") == "mongodb://***@h:1/db"
+    assert redact_url("sqlite:///a.sqlite") == "sqlite:///a.sqlite"
+    s = open_store("sqlite:///sub/p.sqlite", collection="partners_a", base_dir=tmp_path)
+    assert isinstance(s, SQLiteStore) and s.path == tmp_path / "sub" / "p.sqlite"
+    s.close()
+    with pytest.raises(StoreError, match="expected sqlite"):
+        open_store("postgres://h", collection="c")
+    with pytest.raises(StoreError, match="collection name"):
+        open_store("sqlite:///x.sqlite", collection="bad name;", base_dir=tmp_path)
