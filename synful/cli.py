@@ -97,6 +97,52 @@ def _run_predict_worker(args) -> int:
     return 0
 
 
+def _add_extract(sub):
+    p = sub.add_parser("extract", help="blockwise partner extraction from a prediction run into its result "
+                                       "collection (resumable)")
+    p.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory (predict_config.ini)")
+    p.add_argument("--overwrite", action="store_true", help="drop the run's collection and done markers first")
+    p.add_argument("--workers", type=int, help="local worker processes (default: worker_config.ini "
+                                               "num_block_workers)")
+    p.add_argument("--serial", action="store_true", help="run all blocks in this process (debugging)")
+    p.set_defaults(func=_run_extract)
+    # internal: what a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
+    w = sub.add_parser("extract-worker")
+    w.add_argument("predict_dir", metavar="PREDICT_DIR")
+    w.set_defaults(func=_run_extract_worker)
+    e = sub.add_parser("export", help="write a run's partners to FAFB benchmark JSON (.json) or CSV (.csv)")
+    e.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory")
+    e.add_argument("out", metavar="OUT", help="output file, .json or .csv")
+    e.set_defaults(func=_run_export)
+
+
+def _run_extract(args) -> int:
+    from .extract import extract
+
+    s = extract(args.predict_dir, overwrite=args.overwrite, num_workers=args.workers,
+                multiprocessing=not args.serial)
+    print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks, "
+          f"{s['blocks_skipped']} already done); score histogram {s['histogram']}")
+    return 0
+
+
+def _run_extract_worker(args) -> int:
+    from .extract import run_worker
+
+    run_worker(args.predict_dir)
+    return 0
+
+
+def _run_export(args) -> int:
+    from .store import open_run_store
+
+    with open_run_store(args.predict_dir) as store:
+        n = store.count()
+        path = store.export(args.out)
+    print(f"wrote {n} partners to {path}")
+    return 0
+
+
 def _add_status(sub):
     p = sub.add_parser("status", help="jobs of a setup directory: state, last checkpoint, log tail")
     p.add_argument("setup_dir", help="training or prediction setup directory")
@@ -171,6 +217,7 @@ COMMANDS = [
     _add_synthetic,
     _add_show,
     _add_predict,
+    _add_extract,
     _add_evaluate,
     _add_status,
     _add_transmitter,

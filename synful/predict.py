@@ -12,9 +12,13 @@
    (``fit = overhang``): the network always sees its full input, and writes are cropped to the ROI.
    Context beyond the raw data is zero- or mirror-padded (relative to the whole dataset, so a block
    sees exactly what a single pass over the volume would see) before the training normalisation.
-4. Workers (:func:`run_worker`, the hidden ``synful predict-worker`` command) load the model once,
-   then take blocks from the daisy scheduler over TCP until none are left, running the network on
-   ``batch_size`` tiles at a time.  :func:`spawn_worker` starts one; locally each holds one GPU
+   The result equals one pass over the whole ROI when the output shape is a multiple of the total
+   downsampling factor; otherwise tiles sit at different phases of the pooling grid (as with any
+   tiling of a valid U-Net, Synful's default network included), which changes values slightly.
+4. Workers (:func:`run_worker`, the hidden ``synful predict-worker`` command) take blocks from the
+   daisy scheduler over TCP until none are left, loading the model once (with their first block, so
+   a rerun of a finished run starts no TensorFlow) and running the network on ``batch_size`` tiles
+   at a time.  :func:`spawn_worker` starts one; locally each holds one GPU
    (``CUDA_VISIBLE_DEVICES``), or runs on CPU threads when there is none.  The scheduler process
    itself only hands out blocks and draws the progress bar.
 5. daisy's done markers live in ``PREDICT_DIR/blocks/``: a rerun skips finished blocks, and refuses
@@ -33,17 +37,16 @@ Output contract (read by extraction): zarr datasets made by
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,7 @@ __all__ = [
     "encode_indicator",
     "encode_vectors",
     "BlockPredictor",
+    "load_model",
     "KILL_AFTER_BLOCKS_ENV",
 ]
 
@@ -393,7 +397,7 @@ def _open_outputs(plan: PredictionPlan) -> dict:
 # --------------------------------------------------------------------------------------
 
 def _configure_tensorflow(plan: PredictionPlan):
-    """Threads and mixed precision; must run before the model is built."""
+    """CPU threads (``$SYNFUL_NUM_THREADS``) and GPU memory growth; must run before the model is built."""
     import tensorflow as tf
 
     threads = int(os.environ.get(THREADS_ENV, "0") or 0)
@@ -513,8 +517,8 @@ def _signature_path(plan: PredictionPlan) -> Path:
 
 
 def run_worker(predict_dir) -> int:
-    """Worker entry point (``synful predict-worker PREDICT_DIR``): load the model once, then process
-    the blocks the daisy scheduler named in ``$DAISY_CONTEXT`` hands out until there are none left.
+    """Worker entry point (``synful predict-worker PREDICT_DIR``): process the blocks the daisy scheduler
+    named in ``$DAISY_CONTEXT`` hands out until there are none left, loading the model once.
 
     Returns the number of blocks processed.  Refuses to run when the run's configuration changed
     since the scheduler started it (the signature in ``PREDICT_DIR/blocks/`` differs).
@@ -526,16 +530,18 @@ def run_worker(predict_dir) -> int:
     if sig_file.is_file() and json.loads(sig_file.read_text()).get("signature") != plan.signature():
         raise PredictionError(f"{plan.predict_dir}: configuration changed since this run started; "
                               f"rerun `synful predict {plan.predict_dir}` (with --overwrite to start over)")
-    _configure_tensorflow(plan)
-    predictor = BlockPredictor(plan)
     kill_after = int(os.environ.get(KILL_AFTER_BLOCKS_ENV, "0") or 0)
     client = daisy.Client()
+    predictor = None
     done = 0
     t0 = time.time()
     while True:
         with client.acquire_block() as block:
             if block is None:
                 break
+            if predictor is None:  # TensorFlow only once there is work: a rerun of a finished run stays cheap
+                _configure_tensorflow(plan)
+                predictor = BlockPredictor(plan)
             if kill_after and done >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die hard while holding a block
             predictor.process(block)
@@ -602,7 +608,7 @@ class _WorkerSpawner:
         from .cluster import synful_command
 
         predict_dir = Path(self.predict_dir)
-        env = {"DAISY_CONTEXT": context.to_env()}
+        env = {"DAISY_CONTEXT": context.to_env(), "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         if self.threads:
             env[THREADS_ENV] = str(self.threads)
         argv = synful_command(self.worker_cfg, ["predict-worker", str(predict_dir)])
@@ -611,9 +617,31 @@ class _WorkerSpawner:
         with _GpuSlot(predict_dir / "blocks" / "gpu_locks", list(self.gpus)) as gpu:
             if self.worker_cfg.executor == "local" and gpu is None:
                 env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker must not touch a GPU another worker holds
+            elif gpu is not None:
+                env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does
             rc = spawn_worker(self.worker_cfg, argv, name=name, log_dir=log_dir, env=env, gpu=gpu)
         if rc != 0:
-            raise RuntimeError(f"{name} exited with code {rc} (logs: {log_dir})")
+            raise RuntimeError(f"{name} exited with code {rc}{_log_tail(log_dir, name)}")
+
+
+#: TensorFlow's C++ start-up chatter (absl log lines), left out of error messages
+_TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
+
+
+def _log_tail(log_dir: Path, name: str, lines: int = 6) -> str:
+    """The stderr log of the last job called ``name`` and its last lines, for an error message."""
+    from .cluster import read_job_records
+
+    records = [r for r in read_job_records(log_dir) if r.get("name") == name]
+    if not records or not records[-1].get("stderr"):
+        return f" (logs in {log_dir})"
+    path = Path(records[-1]["stderr"])
+    try:
+        text = [ln for ln in path.read_text(errors="replace").splitlines()
+                if ln.strip() and not _TF_NOISE.match(ln)][-lines:]
+    except OSError:
+        text = []
+    return f"; log {path}" + ("".join("\n  " + ln for ln in text) if text else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -644,19 +672,21 @@ class _Progress:
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
         processed = done - int(s.skipped_count)
-        if processed > 0 and self.t0 is None:
+        if self.t0 is None:
             self.t0 = time.time()
-        rate = ""
-        if self.t0 is not None and processed > 0:
+        parts = []
+        if processed > 0:
+            # since the run started, worker start-up included: the rate a user can plan with
             elapsed = max(time.time() - self.t0, 1e-6)
-            vps = processed * self.vpb / elapsed
             left = int(s.total_block_count) - done
-            eta = left * elapsed / processed
-            rate = f", {vps / 1e6:.2f} Mvox/s, ETA {_dt.timedelta(seconds=int(eta))}"
-        failed = int(s.failed_count)
-        self.bar.set_postfix_str(rate + (f", {failed} failed" if failed else ""), refresh=final)
+            parts += [f"{processed * self.vpb / elapsed / 1e6:.3g} Mvoxel/s",
+                      f"ETA {_dt.timedelta(seconds=int(left * elapsed / processed))}"]
+        if int(s.failed_count):
+            parts.append(f"{int(s.failed_count)} failed")
+        self.bar.set_postfix_str(", ".join(parts), refresh=final)
 
     def on_start(self, states):
+        self.t0 = time.time()
         self._update(states)
 
     def on_progress(self, states):
@@ -727,7 +757,12 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
         raise PredictionError(f"{plan.tracking_dir}: done markers without a run signature; "
                               f"rerun with --overwrite to start over")
 
-    _prepare_outputs(plan, overwrite=overwrite)
+    from .io.volumes import VolumeError
+
+    try:
+        _prepare_outputs(plan, overwrite=overwrite)
+    except VolumeError as e:
+        raise PredictionError(f"{e}\n(outputs of an earlier run with other settings: rerun with --overwrite)") from None
     _write_json(sig_file, {"signature": plan.signature(), "task_id": plan.task_id})
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     write_config(plan.out_dir / f"{plan.name}_predict_config.ini", p)
@@ -735,14 +770,14 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     local = worker_cfg.executor == "local"
     gpus = discover_gpus() if (local and worker_cfg.gpus > 0 and not in_process) else []
     n_workers = block_worker_count(worker_cfg, gpus)
-    if local:
-        cpu_workers = max(0, n_workers - len(gpus))
-        threads = max(1, (os.cpu_count() or 1) // max(1, n_workers)) if cpu_workers else 0
+    if local:  # share this machine's cores (network on CPU workers; raw decoding and encoding on all)
+        threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
     else:
         threads = int(worker_cfg.num_cpus)
 
     start, t0 = _now(), time.time()
-    voxels_per_block = float(np.prod(plan.block_write / plan.voxel_size))
+    roi_voxels = float(np.prod(plan.roi.shape / plan.voxel_size))
+    voxels_per_block = roi_voxels / plan.num_blocks  # on average: blocks at the far end are cropped
     observer = _Progress(plan.task_id, voxels_per_block, enabled=progress)
     total_roi = plan.roi.grow(plan.context, plan.context)
     common = dict(read_write_conflict=False, fit="overhang", max_retries=int(worker_cfg.max_retries),
@@ -753,35 +788,35 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     daisy_logging.set_log_basedir(str(plan.log_dir))
     logger.info("predict %s: ROI %s, %d blocks of %s nm, %d worker(s)%s", plan.name, _fmt_roi(plan.roi),
                 plan.num_blocks, tuple(plan.block_write), n_workers, f" on GPUs {gpus}" if gpus else " on CPU")
-    error = None
-    try:
-        if in_process:
-            predictor = BlockPredictor(plan)
-            task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=predictor.process,
-                              max_workers=1, **common)
-            states = daisy.run_blockwise(task, multiprocessing=False, return_states=True, progress=observer,
-                                         summary=False)
-        else:
-            spawner = _WorkerSpawner(str(plan.predict_dir), worker_cfg, tuple(gpus), threads)
-            task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=spawner,
-                              max_workers=n_workers,
-                              max_worker_restarts=int(worker_cfg.max_retries) * n_workers, **common)
-            states = daisy.run_blockwise(task, return_states=True, progress=observer, summary=False,
-                                         host="127.0.0.1" if local else None)
-        state = states[plan.task_id]
-    except RuntimeError as e:  # daisy abandons the task when workers keep dying
-        state = observer.last
-        error = str(e).splitlines()[0]
-        tail = getattr(state, "first_worker_error", None) if state is not None else None
-        if tail:
-            error += "\n" + "\n".join(str(tail).strip().splitlines()[-6:])
+    error, stats = None, {}
+    if in_process:
+        predictor = BlockPredictor(plan)
+        task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=predictor.process,
+                          max_workers=1, **common)
+        states = daisy.run_blockwise(task, multiprocessing=False, return_states=True, progress=observer,
+                                     summary=False)
+    else:
+        spawner = _WorkerSpawner(str(plan.predict_dir), worker_cfg, tuple(gpus), threads)
+        task = daisy.Task(plan.task_id, total_roi, read_roi, write_roi, process_function=spawner,
+                          max_workers=n_workers, max_worker_restarts=int(worker_cfg.max_retries) * n_workers,
+                          resource_tracking=True, **common)
+        server = daisy.Server()  # unlike run_blockwise, returns (not raises) when workers keep dying
+        states = server.run_blockwise(task, progress=observer, summary=False, host="127.0.0.1" if local else None)
+        stats = ((server.last_tracking_summary or {}).get("per_task") or {}).get(plan.task_id) or {}
+    state = states.get(plan.task_id) or observer.last
+    if state is not None and state.abandoned:
+        error = f"task abandoned: {state.abandon_reason}"
+        tail = str(state.first_worker_error or state.last_worker_error or "")
+        if "RuntimeError: " in tail:  # skip daisy's traceback down to our message
+            tail = tail[tail.rindex("RuntimeError: ") + len("RuntimeError: "):]
+        if tail.strip():
+            error += "\nfirst worker error: " + "\n".join(tail.strip().splitlines()[-8:])
     end, wall = _now(), time.time() - t0
 
     total = int(state.total_block_count) if state is not None else plan.num_blocks
     completed = int(state.completed_count) if state is not None else 0
     skipped = int(state.skipped_count) if state is not None else 0
     processed = completed - skipped
-    roi_voxels = float(np.prod(plan.roi.shape / plan.voxel_size))
     voxels = roi_voxels * processed / max(total, 1)
     meta = {
         "run": plan.name,
@@ -809,13 +844,19 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
                         "scale": _indicator_scale(p) if h == HEAD_INDICATOR else _vectors_scale(p)}
                     for h, d in plan.datasets().items()},
         "workers": {"count": 1 if in_process else n_workers, "executor": "in_process" if in_process else
-                    worker_cfg.executor, "gpus": gpus, "threads_per_cpu_worker": threads},
+                    worker_cfg.executor, "gpus": gpus, "threads_per_worker": threads},
         "blocks": {"total": total, "processed": processed, "skipped": skipped,
                    "failed": int(state.failed_count) if state is not None else 0,
                    "orphaned": int(state.orphaned_count) if state is not None else 0,
                    "worker_restarts": int(state.worker_restart_count) if state is not None else 0},
         "voxels_processed": int(voxels),
+        # end to end: zarr in, zarr out, worker start-up and model loading included
         "voxels_per_second": round(voxels / wall, 1) if wall > 0 else None,
+        # inside blocks (daisy's per-block measurements): the steady rate of one worker, i.e. per GPU
+        "voxels_per_worker_second": (round(voxels / float(stats["total_block_secs"]), 1)
+                                     if stats.get("total_block_secs") and processed else None),
+        "block_seconds_mean": round(float(stats["mean_block_ms"]) / 1000, 4) if stats.get("mean_block_ms") else None,
+        "peak_rss_bytes": int(stats["max_peak_rss_bytes"]) if stats.get("max_peak_rss_bytes") else None,
         "complete": error is None and completed == total,
     }
     _write_json(plan.metadata_path, meta)

@@ -348,7 +348,12 @@ class MongoStore(Store):
                     self._col.bulk_write([pymongo.ReplaceOne({"_id": docs[err["index"]]["_id"]},
                                                              docs[err["index"]], upsert=True)
                                           for err in errors], ordered=False)
-            self._col.delete_many({"block_id": block_id, "_id": {"$nin": [d["_id"] for d in docs]}})
+            # stale = what this block wrote before and did not write now; deleted by primary key, the one
+            # delete form every wire-compatible server implements identically
+            keep = {d["_id"] for d in docs}
+            stale = [d["_id"] for d in self._col.find({"block_id": block_id}, {"_id": 1}) if d["_id"] not in keep]
+            if stale:
+                self._col.delete_many({"_id": {"$in": stale}})
 
         self._guard(f"writing block {block_id}", write)
 

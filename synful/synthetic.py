@@ -326,12 +326,12 @@ def _place_synapses(lab, depth, vs, rng, density, probs):
         cand = np.flatnonzero(ok)
         if len(cand) == 0:
             continue
-        cdist = dist.ravel()[cand] if dist.shape == cl.shape else np.broadcast_to(dist, cl.shape).ravel()[cand]
-        clab = cl.ravel()[cand]
-        order = np.argsort(cdist, kind="stable")
-        uniq, first = np.unique(clab[order], return_index=True)
+        # per neighbouring neuron its nearest candidate voxel, neurons ordered by that distance
+        dist = dist.ravel()  # the crop's full shape: rz, ry, rx broadcast over all three axes
+        order = np.argsort(dist[cand], kind="stable")
+        _, first = np.unique(cl.ravel()[cand][order], return_index=True)
         nearest = cand[order[first]]
-        nearest = nearest[np.argsort(np.broadcast_to(dist, cl.shape).ravel()[nearest], kind="stable")]
+        nearest = nearest[np.argsort(dist[nearest], kind="stable")]
         k = int(rng.choice(len(_PARTNER_COUNT_P), p=_PARTNER_COUNT_P)) + 1
         posts, contacts = [], []
         for flat_q in nearest:
@@ -552,9 +552,11 @@ _PARAMS_ATTR = "synful_synthetic"
 
 
 def _params(shape, seed, voxel_size, offset, extra) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "shape": [int(s) for s in shape], "seed": int(seed),
-            "voxel_size": [int(v) for v in voxel_size], "offset": [int(o) for o in offset],
-            **{k: (list(v) if isinstance(v, (tuple, np.ndarray)) else v) for k, v in sorted(extra.items())}}
+    """The parameters that define a container's content, as plain JSON types."""
+    config = {"generator_version": GENERATOR_VERSION, "shape": [int(s) for s in shape], "seed": int(seed),
+              "voxel_size": [int(v) for v in voxel_size], "offset": [int(o) for o in offset],
+              **dict(sorted(extra.items()))}
+    return json.loads(json.dumps(config, default=lambda v: np.asarray(v).tolist()))
 
 
 def read_synthetic_params(path) -> dict | None:
@@ -593,12 +595,12 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
     config = _params(shape, seed, voxel_size, offset, params)
     if path.exists():
         existing = read_synthetic_params(path)
-        if existing == json.loads(json.dumps(config)):
+        if existing == config:
             logger.info("%s: reusing synthetic container (same parameters)", path)
             return path
         if not overwrite:
             what = "a synthetic container with other parameters" if existing else "not a synthetic container"
-            raise SynfulError(f"{path}: exists and is {what}; remove it or pass overwrite")
+            raise SynfulError(f"{path}: exists and is {what}; remove it or pass overwrite (--overwrite)")
     vol = generate(shape, seed=seed, voxel_size=voxel_size, offset=offset, **params)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -612,7 +614,9 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
         write_annotations(tmp, vol.partners, transmitters=list(vol.transmitters), offset=offset)
         root = zarr.open_group(str(tmp), mode="a")
         root.attrs[_PARAMS_ATTR] = config
-        if path.exists():
+        if path.exists() and read_synthetic_params(path) == config:
+            logger.info("%s: written meanwhile by another process with the same parameters", path)
+        elif path.exists():
             trash = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.rename(path, trash)
             os.rename(tmp, path)

@@ -95,6 +95,7 @@ def chunk_mtimes(setup) -> dict:
             for d, _, files in os.walk(root) for f in files if not f.startswith(".")}
 
 
+@pytest.mark.slow
 def test_two_workers_match_single_pass_and_rerun_skips_everything(experiment):
     setup = predict_setup(experiment, {"indicator_dtype": "float32", "vectors_dtype": "float32",
                                        "block_factor": (2, 1, 1), "batch_size": 2},
@@ -126,7 +127,16 @@ def test_two_workers_match_single_pass_and_rerun_skips_everything(experiment):
     after = chunk_mtimes(setup)
     assert {k: v for k, v in after.items() if "/volumes/" in k} == {k: v for k, v in before.items() if "/volumes/" in k}
 
+    # a changed config does not resume on top of the old outputs; --overwrite starts over
+    ini = setup / "predict_config.ini"
+    ini.write_text(ini.read_text().replace("padding = zero", "padding = mirror"))
+    with pytest.raises(PredictionError, match="configuration changed"):
+        predict(setup, progress=False)
+    fresh = predict(setup, overwrite=True, progress=False, in_process=True)
+    assert fresh["complete"] and fresh["blocks"]["processed"] == 27 and fresh["blocks"]["skipped"] == 0
 
+
+@pytest.mark.slow
 def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkeypatch):
     setup = predict_setup(experiment, {"indicator_dtype": "uint8", "vectors_dtype": "int8", "vectors_scale": 0.05,
                                        "padding": "mirror"},
@@ -155,6 +165,7 @@ def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkey
     assert np.abs(vec[vec.roi].astype(int) - want_vec).max() <= 1
 
 
+@pytest.mark.slow
 def test_roi_outside_raw_fails_before_any_worker(experiment, capsys):
     setup = predict_setup(experiment, {"roi_offset": (0, 0, 0), "roi_shape": (400, 80, 80)}, {})
     with pytest.raises(PredictionError, match="outside the raw data"):
@@ -165,6 +176,7 @@ def test_roi_outside_raw_fails_before_any_worker(experiment, capsys):
     assert not (setup / "log").exists() and not (setup / "predictions.zarr").exists()
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_fails_before_any_worker(experiment):
     setup = predict_setup(experiment, {}, {})
     ini = setup / "predict_config.ini"
@@ -200,3 +212,12 @@ def test_encodings_follow_the_scale_contract():
     assert stored.tolist() == [-127, -1, 0, 1, 127]
     stored, scale = encode_vectors(vec, "float16", 4.0)
     assert stored.dtype == np.float16 and scale == 1.0
+
+
+def test_gpu_slots_give_each_worker_its_own_gpu(tmp_path):
+    from synful.predict import _GpuSlot
+
+    with _GpuSlot(tmp_path, [0, 1]) as a, _GpuSlot(tmp_path, [0, 1]) as b, _GpuSlot(tmp_path, [0, 1]) as c:
+        assert {a, b} == {0, 1} and c is None  # a third worker runs on CPU
+    with _GpuSlot(tmp_path, [0, 1]) as a:  # released with their holders
+        assert a == 0

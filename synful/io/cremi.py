@@ -21,7 +21,6 @@ rounded to int nm, score 1.0).
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from funlib.persistence import Array
 
 from ..errors import SynfulError
-from .partners import NO_ID, PARTNER_DTYPE, empty_partners
+from .partners import PARTNER_DTYPE, empty_partners
 from .volumes import DatasetNotFoundError, VolumeError, lookup_ids, open_volume, volume_format
 
 __all__ = [
@@ -200,26 +199,23 @@ def write_annotations(container, partners: np.ndarray, *, transmitters=None, off
             del root[ANNOTATIONS]
         ann = root.create_group(ANNOTATIONS)
         ann.attrs["offset"] = [int(o) for o in offset]
-        if is_h5:
-            import h5py
 
-            str_kw = {"dtype": h5py.string_dtype()}
-            type_data = np.array(types, dtype=object)
-        else:
-            str_kw = {}
-            type_data = np.array(types, dtype="S")
+        def strings(group, name, values):
+            # HDF5: variable-length UTF-8 strings, as CREMI; zarr v2: fixed-width bytes (no object codec)
+            if is_h5:
+                import h5py
+
+                group.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+            else:
+                group.create_dataset(name, data=np.array(values, dtype="S") if values else np.zeros(0, "S1"))
+
         ann.create_dataset("ids", data=ids)
         ann.create_dataset("locations", data=locs)
-        ann.create_dataset("types", data=type_data if len(types) else np.zeros(0, "S1"), **(str_kw if len(types) else {}))
+        strings(ann, "types", types)
         pre = ann.create_group("presynaptic_site")
         pre.create_dataset("partners", data=pairs)
         if transmitters is not None:
-            names = [str(t) for t in transmitters]
-            if is_h5:
-                pre.create_dataset("transmitters", data=np.array(names, dtype=object), **str_kw)
-            else:
-                pre.create_dataset("transmitters", data=np.array(names, dtype="S") if names else np.zeros(0, "S1"))
-
+            strings(pre, "transmitters", [str(t) for t in transmitters])
 
 @dataclass(frozen=True)
 class CremiData:
@@ -278,5 +274,5 @@ def write_cremi(path, raw: np.ndarray, voxel_size, *, labels: np.ndarray | None 
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            (shutil.rmtree if tmp.is_dir() else os.unlink)(tmp)
+            tmp.unlink()
     return path

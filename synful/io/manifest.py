@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 from funlib.persistence import Array
 
 from ..errors import SynfulError
@@ -109,8 +109,10 @@ def _parse_sample(entry, defaults: dict, index: int, base: Path, source: str) ->
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping of keys, got {entry!r}")
     merged = {**defaults, **entry}
-    if "name" in entry:
+    if isinstance(entry.get("name"), str):
         where = f"{source}: samples[{index}] ({entry['name']})"
+    elif isinstance(entry.get("container"), str) and entry["container"]:
+        where = f"{source}: samples[{index}] ({Path(entry['container']).stem})"
     unknown = sorted(set(merged) - set(_KEYS))
     if unknown:
         raise ManifestError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")

@@ -64,14 +64,33 @@ def empty_partners(n: int = 0) -> np.ndarray:
     return a
 
 
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
 def _as_int(value, where: str) -> int:
+    """An int64 from an int, an integral float below 2**53 or a decimal string; SynfulError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
             return int(value)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise SynfulError(f"{where}: expected an integer, got {value!r}")
-    return int(value)
+            value = int(value)
+        else:
+            raise SynfulError(f"{where}: expected an integer, got {value!r}")
+    value = int(value)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise SynfulError(f"{where}: {value} does not fit in int64")
+    return value
+
+
+def _as_score(value, where: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        raise SynfulError(f"{where}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SynfulError(f"{where}: expected a number, got {value!r}") from None
 
 
 def partners_from_records(records, source: str = "partners") -> np.ndarray:
@@ -83,12 +102,7 @@ def partners_from_records(records, source: str = "partners") -> np.ndarray:
             v = r.get(f)
             where = f"{source}[{i}] {f}"
             if f == "score":
-                if v is None:
-                    v = 0.0
-                try:
-                    out[i][f] = float(v)
-                except (TypeError, ValueError):
-                    raise SynfulError(f"{where}: expected a number, got {v!r}") from None
+                out[i][f] = _as_score(v, where)
             elif v is None:
                 if f not in ID_FIELDS:
                     raise SynfulError(f"{where}: missing")
@@ -157,8 +171,7 @@ def read_partners_json(path) -> np.ndarray:
         out[i]["pre_z"], out[i]["pre_y"], out[i]["pre_x"] = pre
         out[i]["post_z"], out[i]["post_y"], out[i]["post_x"] = post
         out[i]["id"] = _as_int(link["id"], f"{where} id") if link.get("id") is not None else i
-        score = link.get("score")
-        out[i]["score"] = 0.0 if score is None else float(score)
+        out[i]["score"] = _as_score(link.get("score"), f"{where} score")
         for jkey, field in _JSON_IDS.items():
             v = link.get(jkey)
             if v is not None:

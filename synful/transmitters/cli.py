@@ -55,6 +55,7 @@ def add_parser(sub):
     q.add_argument("--voxel-size", type=int, nargs=3, default=(40, 8, 8), metavar=("Z", "Y", "X"), help="nm")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--synapse-types", nargs="+", help="classes to generate (default: all six)")
+    q.add_argument("--density", type=float, default=3.0, help="T-bars per cubic micrometre (default 3)")
     q.set_defaults(func=_run_synthetic)
 
 
@@ -116,7 +117,7 @@ def _run_synthetic(args) -> int:
     from .synthetic_export import write_synthetic_dataset
 
     paths = write_synthetic_dataset(args.out_dir, shape=args.shape, voxel_size=args.voxel_size, seed=args.seed,
-                                    synapse_types=args.synapse_types)
+                                    synapse_types=args.synapse_types, synapse_density=args.density)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0

@@ -56,7 +56,7 @@ def vgg3d(input_shape, num_classes: int, *, fmaps: int = 12, fmap_inc=(2, 2, 2, 
         for c in range(int(n_convolutions[level])):
             x = layers.Conv3D(f, 3, padding="same", use_bias=not batch_norm, name=f"l{level}_conv{c}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"l{level}_bn{c}")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"l{level}_bn{c}")(x)  # PyTorch-like: settles in short runs
             x = layers.ReLU(name=f"l{level}_relu{c}")(x)
         x = layers.MaxPooling3D(tuple(downsample_factors[level]), name=f"l{level}_pool")(x)
         f *= int(fmap_inc[level])

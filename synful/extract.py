@@ -1,0 +1,576 @@
+"""Extraction: synaptic partners from the predicted indicator and partner vectors.
+
+Two layers:
+
+- :func:`find_partners` is the pure array function: indicator probabilities
+  (z, y, x) and partner vectors in nm (3, z, y, x) of one block in, an array of
+  :data:`~synful.io.partners.PARTNER_DTYPE` out.
+- :func:`extract` runs it blockwise with daisy over a prediction run's zarr
+  outputs and writes each block's partners into the run's result collection
+  (:mod:`synful.store`).
+
+Method (``[Extraction]`` of predict_config.ini):
+
+1. candidates: ``cc`` thresholds the indicator (``p > cc_threshold``) and
+   takes 26-connected components; ``nms`` takes the local maxima above the
+   threshold within an ellipsoid of ``nms_radius`` nm (one per plateau), each
+   with the above-threshold voxels of that ellipsoid as its "component".
+2. post site per component: ``edt`` the voxel farthest from the component's
+   outside (Euclidean distance transform in nm, outside the block counts as
+   outside) or ``max`` the indicator maximum; ties go to the first voxel in
+   (z, y, x) order.  Locations are voxel corners: ``offset + index * voxel_size``.
+3. score: ``sum``, ``mean``, ``max`` or ``count`` of the component's
+   probabilities.
+4. pre site: post site plus the partner vector at the post site (``point``)
+   or the component's mean vector (``mean``), snapped to the nearest voxel.
+5. filters: ``score >= score_thr``, ``min_distance <= |pre - post| <=
+   max_distance``; segment ids looked up at both sites when a segmentation is
+   configured (NO_ID outside it), optionally dropping same-segment pairs.
+
+Partner ids are deterministic: the post site's voxel index, 21 bits per axis
+(see :func:`partner_id`).  A partner belongs to the block whose write ROI
+holds its post site; the read ROI adds ``context`` nm on every side so that a
+component crossing a block border is seen whole by every block that sees it
+(components touching the read ROI border are counted as truncated and
+logged: raise ``context`` then).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import SynfulError
+from .io.partners import NO_ID, PARTNER_DTYPE, empty_partners
+
+__all__ = [
+    "ExtractionError",
+    "find_partners",
+    "partner_id",
+    "extract",
+    "process_block",
+    "run_worker",
+    "summarize",
+]
+
+logger = logging.getLogger(__name__)
+
+TASK_ID = "extract"
+TRACKING_DIR = "extract_tracking"
+SUMMARY_FILE = "extraction_summary.json"
+HISTOGRAM_FILE = "extraction_scores.png"
+_BITS = 21
+_HALF = 1 << (_BITS - 1)
+
+
+class ExtractionError(SynfulError):
+    """Extraction cannot run on these inputs or did not finish."""
+
+
+# --------------------------------------------------------------------------------------
+# the array function
+# --------------------------------------------------------------------------------------
+
+def partner_id(post_nm: np.ndarray, voxel_size) -> np.ndarray:
+    """Deterministic int64 ids from post sites (n, 3) nm: the voxel index, 21 signed bits per axis.
+
+    Unique for voxel indices in [-2**20, 2**20) per axis (FAFB needs < 2**19).
+    """
+    idx = np.floor_divide(np.asarray(post_nm, dtype=np.int64), np.asarray(voxel_size, dtype=np.int64))
+    if idx.size and (idx.min() < -_HALF or idx.max() >= _HALF):
+        raise ExtractionError(f"post site voxel index outside [-{_HALF}, {_HALF}) per axis: "
+                              f"cannot form a partner id")
+    u = (idx + _HALF).astype(np.int64)
+    return (u[:, 0] << (2 * _BITS)) | (u[:, 1] << _BITS) | u[:, 2]
+
+
+def _first_max_per_label(labels_fg: np.ndarray, values: np.ndarray, flat_index: np.ndarray, n: int):
+    """Per label 1..n: flat index of the maximal value, the first one in C order on ties; and that value."""
+    order = np.lexsort((flat_index, -values, labels_fg))
+    lab_sorted = labels_fg[order]
+    first = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    sel = order[first]
+    return flat_index[sel], values[sel]
+
+
+def _ellipsoid(radius_vox) -> np.ndarray:
+    r = [int(np.floor(v)) for v in radius_vox]
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    d = sum((g / max(rv, 1e-9)) ** 2 for g, rv in zip(grids, radius_vox))
+    return d <= 1.0
+
+
+def _edt_maxima(labels: np.ndarray, n: int, voxel_size) -> np.ndarray:
+    """Per component 1..n: flat index of its distance-transform maximum (first in C order on ties).
+
+    The EDT runs on each component's bounding box padded by one background
+    voxel (outside the array counts as outside), so the cost follows the
+    foreground, not the block.
+    """
+    import cc3d
+
+    sampling = tuple(float(v) for v in voxel_size)
+    boxes = cc3d.statistics(labels)["bounding_boxes"]
+    out = np.empty(n, dtype=np.int64)
+    for i in range(1, n + 1):
+        box = boxes[i]
+        crop = np.pad(labels[box] == i, 1)
+        dt = ndimage.distance_transform_edt(crop, sampling=sampling)[1:-1, 1:-1, 1:-1]
+        local = np.unravel_index(int(np.argmax(dt)), dt.shape)
+        out[i - 1] = np.ravel_multi_index(tuple(int(l) + b.start for l, b in zip(local, box)), labels.shape)
+    return out
+
+
+def _cc_candidates(prob, mask, voxel_size, cfg):
+    import cc3d
+
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    if n == 0:
+        return None
+    fg = np.flatnonzero(labels)
+    lab = labels.ravel()[fg].astype(np.int64)
+    vals = prob.ravel()[fg].astype(np.float64)
+    counts = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    sums = np.bincount(lab, weights=vals, minlength=n + 1)[1:]
+    if cfg.loc_type == "edt":
+        post_flat = _edt_maxima(labels, n, voxel_size)
+    else:
+        post_flat, _ = _first_max_per_label(lab, vals, fg, n)
+    maxima = None
+    if cfg.score_type == "max":
+        _, maxima = _first_max_per_label(lab, vals, fg, n)
+    touching = np.zeros(n, dtype=bool)
+    border = np.zeros(mask.shape, dtype=bool)
+    border[[0, -1], :, :] = border[:, [0, -1], :] = border[:, :, [0, -1]] = True
+    edge_labels = np.unique(labels[border & mask])
+    touching[edge_labels[edge_labels > 0] - 1] = True
+    members = (lab, fg, counts)
+    return post_flat, sums, counts, maxima, touching, members
+
+
+def _nms_candidates(prob, mask, voxel_size, cfg):
+    radius = np.asarray(cfg.nms_radius, dtype=float) / np.asarray(voxel_size, dtype=float)
+    fp = _ellipsoid(radius)
+    maxf = ndimage.maximum_filter(prob, footprint=fp, mode="constant", cval=0.0)
+    peaks = mask & (prob == maxf)
+    import cc3d
+
+    plateaus, n = cc3d.connected_components(peaks, connectivity=26, return_N=True)
+    if n == 0:
+        return None
+    fg = np.flatnonzero(plateaus)
+    lab = plateaus.ravel()[fg].astype(np.int64)
+    post_flat, _ = _first_max_per_label(lab, np.zeros(len(fg)), fg, n)  # first voxel of each plateau
+    # the "component" of a maximum: the above-threshold voxels of the ellipsoid around it
+    r = np.array(fp.shape) // 2
+    pos = np.stack(np.unravel_index(post_flat, prob.shape), axis=1)
+    sums, counts, maxima = np.zeros(n), np.zeros(n), np.zeros(n)
+    touching = np.zeros(n, dtype=bool)
+    m_lab, m_flat = [], []
+    for i, p in enumerate(pos):
+        lo, hi = p - r, p + r + 1
+        clo, chi = np.maximum(lo, 0), np.minimum(hi, prob.shape)
+        touching[i] = bool(np.any(lo < 0) or np.any(hi > prob.shape))
+        sl = tuple(slice(a, b) for a, b in zip(clo, chi))
+        fsl = tuple(slice(a - l, b - l) for a, b, l in zip(clo, chi, lo))
+        sel = mask[sl] & fp[fsl]
+        v = prob[sl][sel].astype(np.float64)
+        sums[i], counts[i], maxima[i] = v.sum(), len(v), v.max()
+        idx = np.stack(np.nonzero(sel), axis=1) + clo
+        m_flat.append(np.ravel_multi_index(idx.T, prob.shape))
+        m_lab.append(np.full(len(v), i + 1))
+    members = (np.concatenate(m_lab), np.concatenate(m_flat), counts)
+    return post_flat, sums, counts, maxima, touching, members
+
+
+def _lookup_segments(segmentation, points_nm: np.ndarray) -> np.ndarray:
+    """Segment ids (int64) at points (n, 3) nm; NO_ID outside the segmentation's ROI."""
+    from funlib.geometry import Coordinate, Roi
+
+    out = np.full(len(points_nm), NO_ID, dtype=np.int64)
+    if not len(points_nm):
+        return out
+    vs = np.asarray(segmentation.voxel_size, dtype=np.int64)
+    roi = segmentation.roi
+    begin, end = np.asarray(roi.begin, dtype=np.int64), np.asarray(roi.end, dtype=np.int64)
+    inside = np.all((points_nm >= begin) & (points_nm < end), axis=1)
+    if not inside.any():
+        return out
+    idx = (points_nm[inside] - begin) // vs
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    sub = Roi(Coordinate(*(begin + lo * vs)), Coordinate(*((hi - lo) * vs)))
+    data = np.asarray(segmentation.to_ndarray(sub, fill_value=0))
+    rel = idx - lo
+    out[inside] = data[rel[:, 0], rel[:, 1], rel[:, 2]].astype(np.int64)
+    return out
+
+
+def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset, cfg, *, roi=None,
+                  segmentation=None, vectors_scale: float = 1.0, stats: dict | None = None) -> np.ndarray:
+    """Partners from one block's predictions.
+
+    Args:
+        indicator: (z, y, x) float, post-synaptic probability per voxel (0..1).
+        vectors: (3, z, y, x) partner vectors, channels (z, y, x); ``vectors * vectors_scale`` is nm.
+            Any numeric dtype (int8 / float16 storage is read only where sampled).
+        voxel_size: (z, y, x) nm.
+        offset: (z, y, x) nm of voxel (0, 0, 0) of both arrays.
+        cfg: an :class:`~synful.config.Extraction` section.
+        roi: funlib Roi (nm); keep only partners whose post site lies in it (None: all).
+        segmentation: a funlib.persistence Array of segment ids for pre/post ids (None: ids stay NO_ID
+            unless ``cfg.remove_same_segment`` needs them).
+        stats: optional dict, filled with ``candidates`` (components), ``truncated`` (kept partners whose
+            component touches the array border: the block context was too small) and ``filtered``.
+
+    Returns:
+        PARTNER_DTYPE array sorted by id; locations in nm (int64), scores float64.
+    """
+    indicator = np.asarray(indicator)
+    vectors = np.asarray(vectors)
+    if indicator.ndim != 3 or vectors.shape != (3,) + indicator.shape:
+        raise ExtractionError(f"indicator must be (z, y, x) and vectors (3, z, y, x) of the same size, "
+                              f"got {indicator.shape} and {vectors.shape}")
+    voxel_size = np.asarray(voxel_size, dtype=np.int64)
+    offset = np.asarray(offset, dtype=np.int64)
+    prob = indicator if indicator.dtype.kind == "f" else indicator.astype(np.float32)
+    mask = prob > cfg.cc_threshold
+    st = {"candidates": 0, "truncated": 0, "filtered": 0}
+    if stats is not None:
+        stats.update(st)
+    found = (_cc_candidates if cfg.method == "cc" else _nms_candidates)(prob, mask, voxel_size, cfg) \
+        if mask.any() else None
+    if found is None:
+        return empty_partners(0)
+    post_flat, sums, counts, maxima, touching, (m_lab, m_flat, m_counts) = found
+    n = len(post_flat)
+    st["candidates"] = n
+    post_vox = np.stack(np.unravel_index(post_flat, prob.shape), axis=1)
+    post_nm = offset + post_vox * voxel_size
+
+    score = {"sum": sums, "mean": sums / np.maximum(counts, 1), "count": counts,
+             "max": maxima}[cfg.score_type]
+
+    if cfg.vector_type == "point":
+        vec = np.stack([vectors[c].ravel()[post_flat].astype(np.float64) for c in range(3)], axis=1)
+    else:
+        vec = np.stack([np.bincount(m_lab, weights=vectors[c].ravel()[m_flat].astype(np.float64),
+                                    minlength=n + 1)[1:] for c in range(3)], axis=1) / m_counts[:, None]
+    vec = vec * float(vectors_scale)
+    # snap to the voxel grid of the arrays; floor(x + 0.5) rounds halves up, the same in every block
+    pre_nm = offset + np.floor((post_nm + vec - offset) / voxel_size + 0.5).astype(np.int64) * voxel_size
+
+    keep = np.ones(n, dtype=bool)
+    if roi is not None:
+        b, e = np.asarray(roi.begin, dtype=np.int64), np.asarray(roi.end, dtype=np.int64)
+        keep &= np.all((post_nm >= b) & (post_nm < e), axis=1)
+    in_roi = keep.copy()
+    keep &= score >= cfg.score_thr
+    dist = np.linalg.norm((pre_nm - post_nm).astype(np.float64), axis=1)
+    keep &= dist >= cfg.min_distance
+    if cfg.max_distance is not None:
+        keep &= dist <= cfg.max_distance
+
+    pre_seg = np.full(n, NO_ID, dtype=np.int64)
+    post_seg = np.full(n, NO_ID, dtype=np.int64)
+    if segmentation is not None and keep.any():
+        k = np.flatnonzero(keep)
+        post_seg[k] = _lookup_segments(segmentation, post_nm[k])
+        pre_seg[k] = _lookup_segments(segmentation, pre_nm[k])
+        if cfg.remove_same_segment:
+            keep &= ~((pre_seg == post_seg) & (pre_seg != NO_ID))
+
+    st["filtered"] = int(in_roi.sum() - keep.sum())
+    st["truncated"] = int((touching & keep).sum())
+    if stats is not None:
+        stats.update(st)
+
+    k = np.flatnonzero(keep)
+    out = empty_partners(len(k))
+    out["id"] = partner_id(post_nm[k], voxel_size)
+    for i, a in enumerate("zyx"):
+        out[f"post_{a}"] = post_nm[k, i]
+        out[f"pre_{a}"] = pre_nm[k, i]
+    out["score"] = score[k]
+    out["pre_seg_id"] = pre_seg[k]
+    out["post_seg_id"] = post_seg[k]
+    return out[np.argsort(out["id"], kind="stable")]
+
+
+# --------------------------------------------------------------------------------------
+# the blockwise driver
+# --------------------------------------------------------------------------------------
+
+def _open_array(container, dataset, what: str):
+    """A funlib.persistence Array of ``container/dataset`` and its "scale" attribute (1.0 when absent)."""
+    from .io.volumes import open_volume
+
+    try:
+        array = open_volume(str(container), dataset)
+    except SynfulError as e:
+        raise ExtractionError(f"{e} (the {what} dataset; run prediction first?)") from None
+    except Exception as e:
+        raise ExtractionError(f"{container} [{dataset}]: cannot open {what} dataset: {e}") from None
+    try:
+        scale = float(array.attrs.get("scale", 1.0))
+    except Exception:
+        scale = 1.0
+    return array, scale
+
+
+class _Run:
+    """Everything a block needs, opened once per process."""
+
+    def __init__(self, predict_dir):
+        from .config import read_predict_config
+        from .store import store_from_config
+
+        self.predict_dir = Path(predict_dir).resolve()
+        cfg = read_predict_config(self.predict_dir / "predict_config.ini")
+        self.cfg = cfg.extraction
+        p = cfg.prediction
+        self.indicator, self.indicator_scale = _open_array(p.out_container, p.indicator_dataset, "indicator")
+        self.vectors, self.vectors_scale = _open_array(p.out_container, p.vectors_dataset, "partner-vector")
+        if tuple(self.vectors.shape[:1]) != (3,) or self.vectors.roi != self.indicator.roi \
+                or self.vectors.voxel_size != self.indicator.voxel_size:
+            raise ExtractionError(
+                f"{p.out_container}: {p.vectors_dataset} must be (3, z, y, x) over the ROI and voxel size of "
+                f"{p.indicator_dataset} (got shape {tuple(self.vectors.shape)}, roi {self.vectors.roi}, "
+                f"voxel size {self.vectors.voxel_size} vs {self.indicator.roi}, {self.indicator.voxel_size})")
+        self.segmentation = None
+        if self.cfg.seg_container is not None:
+            self.segmentation, _ = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation")
+        self._store_factory = functools.partial(store_from_config, self.cfg, self.predict_dir)
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = self._store_factory()
+        return self._store
+
+    def block_geometry(self):
+        """(total_roi, read_roi, write_roi) for daisy: write blocks of block_shape, grown by context."""
+        from funlib.geometry import Coordinate, Roi
+
+        vs = self.indicator.voxel_size
+        # a block larger than the volume would only read (and allocate) fill values
+        block = Coordinate(*(min(-(-int(b) // v) * v, s)
+                             for b, v, s in zip(self.cfg.block_shape, vs, self.indicator.roi.shape)))
+        ctx = Coordinate(*(-(-int(c) // v) * v for c, v in zip(self.cfg.context, vs)))
+        total = self.indicator.roi.grow(ctx, ctx)
+        return total, Roi((0, 0, 0), block + ctx * 2), Roi(ctx, block)
+
+
+_RUNS: dict[str, _Run] = {}
+
+
+def _run_for(predict_dir) -> _Run:
+    key = str(Path(predict_dir).resolve())
+    if key not in _RUNS:
+        _RUNS[key] = _Run(key)
+    return _RUNS[key]
+
+
+def process_block(predict_dir, block) -> dict:
+    """Extract one daisy block of the run in ``predict_dir`` and replace its partners in the store.
+
+    Raises on any error, so daisy never marks a failed block done.  Returns the block's stats.
+    """
+    run = _run_for(predict_dir)
+    read_roi = block.read_roi
+    ind = run.indicator.to_ndarray(read_roi, fill_value=0)
+    prob = ind.astype(np.float32) * np.float32(run.indicator_scale)
+    vec = run.vectors.to_ndarray(read_roi, fill_value=0)
+    write_roi = block.write_roi.intersect(run.indicator.roi)
+    stats: dict = {}
+    partners = find_partners(prob, vec, run.indicator.voxel_size, read_roi.offset, run.cfg, roi=write_roi,
+                             segmentation=run.segmentation, vectors_scale=run.vectors_scale, stats=stats)
+    run.store.write_block(int(block.block_id[1]), partners)
+    if stats.get("truncated"):
+        logger.warning("block %s: %d partner(s) from components cut by the read ROI; raise [Extraction] "
+                       "context (now %s nm)", block.block_id[1], stats["truncated"], run.cfg.context)
+    stats["partners"] = len(partners)
+    return stats
+
+
+def run_worker(predict_dir) -> None:
+    """Worker entry point: take blocks from the daisy server named in $DAISY_CONTEXT until none are left.
+
+    What a cluster job runs (``synful extract-worker PREDICT_DIR``); local runs use daisy's own workers.
+    """
+    import daisy
+
+    client = daisy.Client()
+    while True:
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    return
+                process_block(predict_dir, block)
+        except Exception as e:  # reported to the server as failed (not done); keep serving other blocks
+            logger.error("block failed: %s: %s", type(e).__name__, e)
+
+
+def _num_workers(predict_dir: Path) -> int:
+    wc = predict_dir / "worker_config.ini"
+    n = 0
+    if wc.is_file():
+        from .config import read_worker_config
+
+        n = read_worker_config(wc).num_block_workers
+    return n if n > 0 else max(1, (os.cpu_count() or 2) // 2)
+
+
+def _check_layout(predict_dir: Path, layout: dict, overwrite: bool):
+    """Refuse to resume with a different block layout (block ids and done markers would not match)."""
+    path = predict_dir / TRACKING_DIR / "layout.json"
+    if path.is_file() and not overwrite:
+        old = json.loads(path.read_text())
+        if old != layout:
+            raise ExtractionError(f"{path}: block layout changed since the last extraction ({old} -> {layout}); "
+                                  f"rerun with --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(layout))
+    os.replace(tmp, path)
+
+
+def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = None,
+            multiprocessing: bool = True, progress: bool = False) -> dict:
+    """Extract the partners of the prediction run in ``predict_dir`` blockwise into its result collection.
+
+    Reads predict_config.ini ([Prediction] outputs, [Extraction] method and
+    store).  Blocks already done (daisy done markers in
+    ``<predict_dir>/extract_tracking``) are skipped; ``overwrite`` drops the
+    collection and the markers first.  ``num_workers`` local worker processes
+    (default: worker_config.ini ``num_block_workers``); ``multiprocessing=False``
+    runs in-process.  An unreachable store fails before any block runs.
+
+    Returns the summary dict also written to ``extraction_summary.json``
+    (with a score histogram ``extraction_scores.png``).  Raises
+    :class:`ExtractionError` when blocks failed (they stay not done; rerun).
+    """
+    import daisy
+
+    from .config import to_dict
+    from .store import redact_url
+
+    predict_dir = Path(predict_dir).resolve()
+    if not (predict_dir / "predict_config.ini").is_file():
+        raise ExtractionError(f"{predict_dir}: no predict_config.ini (not a prediction setup)")
+    _RUNS.pop(str(predict_dir), None)  # reread the config: it may have changed since the last call
+    run = _run_for(predict_dir)
+    cfg = run.cfg
+    if cfg.method == "nms" and any(c < 2 * r for c, r in zip(cfg.context, cfg.nms_radius)):
+        raise ExtractionError(f"{predict_dir / 'predict_config.ini'} [Extraction] context: must be at least "
+                              f"2 x nms_radius per axis for method = nms, got {cfg.context}")
+    # fail fast on the store, before anything is scheduled or marked
+    store = run.store
+    if overwrite:
+        store.drop()
+    store.create()
+
+    total, read_roi, write_roi = run.block_geometry()
+    layout = {"total_roi": [list(total.offset), list(total.shape)], "read_roi": [list(read_roi.offset),
+              list(read_roi.shape)], "write_roi": [list(write_roi.offset), list(write_roi.shape)]}
+    tracking = predict_dir / TRACKING_DIR
+    if overwrite and tracking.exists():
+        shutil.rmtree(tracking)
+    _check_layout(predict_dir, layout, overwrite)
+    daisy.logging.set_log_basedir(predict_dir / "log" / "extract")
+
+    workers = int(num_workers or _num_workers(predict_dir))
+    task = daisy.Task(TASK_ID, total_roi=total, read_roi=read_roi, write_roi=write_roi,
+                      # worker processes run the same loop a cluster job runs; serial runs call blocks directly
+                      process_function=functools.partial(run_worker if multiprocessing else process_block,
+                                                         str(predict_dir)),
+                      read_write_conflict=False, fit="overhang", max_workers=workers, max_retries=1,
+                      tracking_path=str(tracking / "markers"))
+    logger.info("extracting %s blocks of %s nm (context %s nm) with %d worker(s) into %s [%s]",
+                task.block_grid_shape, write_roi.shape, write_roi.offset, workers, redact_url(store.name),
+                store.collection)
+    try:
+        states = daisy.run_blockwise([task], multiprocessing=multiprocessing, progress=progress,
+                                     return_states=True, summary=False)
+    except (SynfulError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # serial runs raise the first block error; worker runs report it in the states
+        raise ExtractionError(f"{predict_dir}: extraction stopped at a failed block ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); finished blocks stay done, "
+                              f"rerun to continue") from e
+    state = states[TASK_ID]
+    summary = summarize(predict_dir, run=run)
+    summary.update({
+        "blocks_total": int(state.total_block_count),
+        "blocks_skipped": int(state.skipped_count),
+        "blocks_failed": int(state.failed_count + state.orphaned_count),
+        "workers": workers,
+        "config": {k: v for k, v in to_dict(cfg).items()},
+    })
+    summary["config"]["store_url"] = redact_url(summary["config"]["store_url"])
+    _write_json(predict_dir / SUMMARY_FILE, summary)
+    if state.completed_count != state.total_block_count:
+        err = (state.last_worker_error or "").strip().splitlines()
+        raise ExtractionError(f"{predict_dir}: extraction finished {state.completed_count} of "
+                              f"{state.total_block_count} blocks ({summary['blocks_failed']} failed"
+                              + (f"; last error: {err[-1]}" if err else "")
+                              + f"); see {predict_dir / 'log' / 'extract'}; rerun to retry the missing blocks")
+    logger.info("extracted %d partners (%d blocks, %d skipped as done)", summary["partners"],
+                summary["blocks_total"], summary["blocks_skipped"])
+    return summary
+
+
+def _write_json(path: Path, data):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def summarize(predict_dir, *, run: _Run | None = None, bins: int = 50) -> dict:
+    """Counts and score statistics of the run's collection; writes the score histogram PNG beside it."""
+    from .store import redact_url
+
+    predict_dir = Path(predict_dir).resolve()
+    run = run or _run_for(predict_dir)
+    partners = run.store.query()
+    scores = partners["score"]
+    dist = np.linalg.norm(np.stack([partners[f"pre_{a}"] - partners[f"post_{a}"] for a in "zyx"], 1)
+                          .astype(float), axis=1) if len(partners) else np.zeros(0)
+    summary = {
+        "store": redact_url(run.store.name),
+        "collection": run.store.collection,
+        "partners": int(len(partners)),
+        "score": {k: (float(f(scores)) if len(scores) else None)
+                  for k, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))},
+        "distance_nm": {k: (float(f(dist)) if len(dist) else None)
+                        for k, f in (("min", np.min), ("median", np.median), ("max", np.max))},
+        "with_segment_ids": int(np.sum((partners["pre_seg_id"] != NO_ID) & (partners["post_seg_id"] != NO_ID))),
+        "histogram": str(predict_dir / HISTOGRAM_FILE),
+    }
+    _histogram(scores, predict_dir / HISTOGRAM_FILE, bins, f"{run.store.collection}: {len(scores)} partners")
+    return summary
+
+
+def _histogram(scores: np.ndarray, path: Path, bins: int, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=bins, color="tab:blue")
+    ax.set_xlabel("score")
+    ax.set_ylabel("partners")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
