@@ -48,7 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import SynfulError
-from .io.partners import NO_ID, PARTNER_DTYPE, empty_partners
+from .io.partners import NO_ID, empty_partners
 
 __all__ = [
     "ExtractionError",

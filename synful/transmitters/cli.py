@@ -37,6 +37,7 @@ def add_parser(sub):
     q = tsub.add_parser("train", help="train the VGG3D of a transmitter training setup (resumes)")
     q.add_argument("setup_dir", metavar="SETUP_DIR", help="02_train/setup_t<T> with transmitter_train_config.ini")
     q.add_argument("--iterations", type=int, required=True, help="train up to this iteration")
+    q.add_argument("--submit", action="store_true", help="submit as a Slurm job (worker_config.ini) instead")
     q.set_defaults(func=_run_train)
 
     q = tsub.add_parser("predict", help="classify every synapse of a split part into this run's collection")
@@ -89,8 +90,12 @@ def _run_split(args) -> int:
 
 
 def _run_train(args) -> int:
-    from .train import train
+    from .train import submit_training, train
 
+    if args.submit:
+        job = submit_training(args.setup_dir, args.iterations)
+        print(f"submitted job {job.job_id}; log {job.stdout}")
+        return 0
     result = train(args.setup_dir, args.iterations)
     print(f"trained to iteration {result['iteration']}; checkpoint {result['checkpoint']}")
     return 0

@@ -177,8 +177,7 @@ def _validate(records: list, schema: dict, id_field: str, source: str) -> list[d
                 value = check(rec[field])
             except ValueError as e:
                 raise DataImportError(f"{where}: field '{field}': {e}") from None
-            if value is not None or field in rec:
-                doc[field] = value
+            doc[field] = value
         if doc[id_field] in seen:
             raise DataImportError(f"{where}: field '{id_field}': duplicate of record {seen[doc[id_field]]}")
         seen[doc[id_field]] = i

@@ -284,3 +284,26 @@ def train(setup_dir, iterations: int) -> dict:
                 path = _save(model, setup_dir, it, cfg.keep_checkpoints)
     writer.close()
     return {"iteration": iterations, "checkpoint": str(path), "classes": classes, "train_synapses": len(synapses)}
+
+
+def submit_training(setup_dir, iterations: int, *, executor: str = "slurm"):
+    """Submit ``synful transmitter train SETUP_DIR --iterations N`` as one job, like partner training.
+
+    Uses the setup's worker_config.ini (``executor`` overrides its executor)
+    through :func:`synful.cluster.launch`; the job is recorded in
+    ``SETUP_DIR/jobs/jobs.jsonl`` so ``synful status`` shows it.  Training
+    resumes from the newest checkpoint, so resubmitting continues a run.
+    """
+    import dataclasses
+
+    from ..cluster import launch, synful_command
+    from ..config import read_worker_config
+    from ..scaffold import run_ids
+
+    setup_dir = Path(setup_dir).resolve()
+    if not (setup_dir / TRAIN_CONFIG).is_file():
+        raise TransmitterTrainError(f"{setup_dir}: not a transmitter training setup (no {TRAIN_CONFIG})")
+    worker = dataclasses.replace(read_worker_config(setup_dir / "worker_config.ini"), executor=executor)
+    args = ["transmitter", "train", str(setup_dir), "--iterations", str(int(iterations))]
+    return launch(worker, synful_command(worker, args), name=f"train_{run_ids(setup_dir).name}",
+                  log_dir=setup_dir / "jobs")
