@@ -41,6 +41,23 @@ def _run_validate(args) -> int:
     return 0
 
 
+def _add_train(sub):
+    p = sub.add_parser("train", help="train the network of a training setup (resumes from its latest checkpoint)")
+    p.add_argument("setup_dir", metavar="SETUP_DIR", help="training setup directory (holds train_config.ini)")
+    p.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="train until iteration N (default: [Training] iterations)")
+    p.set_defaults(func=_run_train)
+    return p
+
+
+def _run_train(args) -> int:
+    from .train import train
+
+    last = train(args.setup_dir, iterations=args.iterations)
+    print(f"trained until iteration {last}")
+    return 0
+
+
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="synaptic-partner f-score over a score-threshold sweep (CREMI / FAFB protocol)")
     p.add_argument("target", help="evaluation JSON config, or a prediction setup directory (its [Evaluation])")
@@ -216,6 +233,7 @@ COMMANDS = [
     _add_validate,
     _add_synthetic,
     _add_show,
+    _add_train,
     _add_predict,
     _add_extract,
     _add_evaluate,

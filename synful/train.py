@@ -331,7 +331,8 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
         src += gp.Normalize(k.raw)  # uint8 -> float32 [0, 1]
         if arrays.roi != arrays.raw.roi or arrays.roi != arrays.labels.roi:
             src += gp.Crop(k.raw, arrays.roi) + gp.Crop(k.labels, arrays.roi)
-        src += gp.Pad(k.raw, context) + gp.Pad(k.labels, context)
+        # raw: zeros up to the network context beyond the data; labels: 0 (no targets) everywhere beyond
+        src += gp.Pad(k.raw, context) + gp.Pad(k.labels, None)
         src += gp.RandomLocation()
         sources.append(src)
     pipeline = tuple(sources) + gp.RandomProvider()
@@ -346,7 +347,8 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
     pipeline += gp.IntensityScaleShift(k.raw, RAW_SCALE, RAW_SHIFT)
     pipeline += AddSynapseIndicator(k.post, k.labels, k.gt_indicator, radius=cfg.blob_radius)
     pipeline += AddPartnerVectorMap(k.pre, k.post, k.labels, k.gt_vectors, k.vectors_mask,
-                                    radius=cfg.d_blob_radius, pre_context=context)
+                                    radius=cfg.d_blob_radius,
+                                    pre_context=np.maximum(np.asarray(context), cfg.max_partner_distance))
     if cfg.reject_probability > 0:
         # a batch "has a synapse" when some output voxel is painted; reject the others with this probability
         n_out = int(np.prod(output_shape(cfg)))
@@ -477,32 +479,52 @@ def _write_provenance(setup_dir: Path, cfg: Training, start: int, target: int, m
     os.replace(tmp, d / "provenance.json")
 
 
+def _summary_metadata(plugin: str):
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = plugin
+    return meta
+
+
+def write_scalar(tag: str, value: float, step: int):
+    """A TensorBoard scalar through ``tf.summary.write`` (the default writer; no tensorboard package needed)."""
+    import tensorflow as tf
+
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=_summary_metadata("scalars"))
+
+
+def write_image(tag: str, image: np.ndarray, step: int):
+    """A TensorBoard image (``(h, w)`` float in [0, 1]) through ``tf.summary.write`` as PNG."""
+    import tensorflow as tf
+
+    img = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    png = tf.io.encode_png((img * 255 + 0.5).astype(np.uint8)[..., None])
+    tensor = tf.stack([tf.as_string(img.shape[1]), tf.as_string(img.shape[0]), png])
+    tf.summary.write(tag, tensor, step=step, metadata=_summary_metadata("images"))
+
+
 def _image_summaries(batch, keys, step: int):
     """Central z-section of raw (output ROI), ground-truth and predicted indicator, vector lengths."""
-    import tensorflow as tf
 
     def section(a):
         a = np.asarray(a, dtype=np.float32)
         return a[a.shape[0] // 2]
 
-    def img(a, lo=None, hi=None):
-        lo = float(a.min()) if lo is None else lo
-        hi = float(a.max()) if hi is None else hi
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        return np.clip(a, 0, 1)[None, ..., None]
+    def scaled(a, lo, hi):
+        return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
     out_roi = batch[keys.gt_indicator].spec.roi
-    raw = batch[keys.raw].crop(out_roi).data
-    tf.summary.image("raw", img(section(raw), -1.0, 1.0), step=step)
-    tf.summary.image("gt_syn_indicator", img(section(batch[keys.gt_indicator].data), 0.0, 1.0), step=step)
+    write_image("raw", scaled(section(batch[keys.raw].crop(out_roi).data), -1.0, 1.0), step)
+    write_image("gt_syn_indicator", section(batch[keys.gt_indicator].data), step)
     if keys.pred_indicator in batch.arrays:
-        tf.summary.image("pred_syn_indicator", img(section(batch[keys.pred_indicator].data), 0.0, 1.0), step=step)
+        write_image("pred_syn_indicator", section(batch[keys.pred_indicator].data), step)
     gt_len = np.linalg.norm(batch[keys.gt_vectors].data, axis=0)
     hi = float(gt_len.max()) or 1.0
-    tf.summary.image("gt_partner_vector_length", img(section(gt_len), 0.0, hi), step=step)
+    write_image("gt_partner_vector_length", scaled(section(gt_len), 0.0, hi), step)
     if keys.pred_vectors in batch.arrays:
         pred_len = np.linalg.norm(batch[keys.pred_vectors].data, axis=0)
-        tf.summary.image("pred_partner_vector_length", img(section(pred_len), 0.0, hi), step=step)
+        write_image("pred_partner_vector_length", scaled(section(pred_len), 0.0, hi), step)
 
 
 # --------------------------------------------------------------------------------------
@@ -533,6 +555,7 @@ def train(setup_dir, iterations: int | None = None) -> int:
         return start
     samples = _training_samples(cfg)
 
+    import dask
     import gunpowder as gp
     import keras
     import tensorflow as tf
@@ -551,7 +574,9 @@ def train(setup_dir, iterations: int | None = None) -> int:
     gpu = GpuMonitor()
     saved = start
     last_t, last_it = time.perf_counter(), start
-    with gp.build(pipeline), writer.as_default():
+    # PreCache forks its workers; dask's thread pool does not survive a fork (a worker would wait
+    # forever on it), so volumes are read without threads here
+    with dask.config.set(scheduler="synchronous"), gp.build(pipeline), writer.as_default():
         bar = tqdm(total=target, initial=start, unit="it", desc="train", dynamic_ncols=True, mininterval=1.0)
         try:
             while trainer.iteration < target:
@@ -567,11 +592,11 @@ def train(setup_dir, iterations: int | None = None) -> int:
                     rate = (it - last_it) / max(now - last_t, 1e-9)
                     last_t, last_it = now, it
                     for name, v in losses.items():
-                        tf.summary.scalar(f"loss/{name}", v, step=it)
-                    tf.summary.scalar("learning_rate", trainer.learning_rate, step=it)
-                    tf.summary.scalar("iterations_per_s", rate, step=it)
+                        write_scalar(f"loss/{name}", v, it)
+                    write_scalar("learning_rate", trainer.learning_rate, it)
+                    write_scalar("iterations_per_s", rate, it)
                     for name, v in gpu.sample().items():
-                        tf.summary.scalar(name, v, step=it)
+                        write_scalar(name, v, it)
                     logger.debug("iteration %d: %s, %.3g it/s", it, losses, rate)
                 if cfg.image_every and it % cfg.image_every == 0:
                     _image_summaries(batch, keys, it)

@@ -9,7 +9,8 @@ A U-Net maps normalised raw ``(batch, z, y, x, 1)`` float32 to one or two heads:
 The architecture follows Synful's: per level ``num_convs`` valid convolutions (ReLU) with
 ``fmap_num * fmap_inc_factor**level`` feature maps, max-pooling by ``downsample_factors[level]``,
 upsampling (transposed convolution, or nearest-neighbour repeat followed by a 1x1x1 convolution),
-centre-cropped skip connections and 1x1x1 linear heads.  ``unet_model = dh_unet`` shares the encoder
+centre-cropped skip connections and 1x1x1 linear heads (the vector head's output multiplied by
+``vector_scale``).  ``unet_model = dh_unet`` shares the encoder
 and gives each head its own decoder.  Every layer has a fixed name, so weights trained with one input
 shape load into the same network built for a larger input (see :func:`build_unet`).
 """
@@ -234,6 +235,12 @@ def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
     else:
         shared = _decoder(bottom, skips, cfg, "", dtype)
         features = {h: shared for h in heads}
-    outputs = {h: layers.Conv3D(HEADS[h], 1, activation=None, name=h, dtype="float32")(features[h]) for h in heads}
+    outputs = {}
+    if "syn_indicator" in heads:
+        outputs["syn_indicator"] = layers.Conv3D(1, 1, activation=None, name="syn_indicator",
+                                                 dtype="float32")(features["syn_indicator"])
+    if "partner_vectors" in heads:
+        v = layers.Conv3D(3, 1, activation=None, name="partner_vectors_conv", dtype="float32")(features["partner_vectors"])
+        outputs["partner_vectors"] = layers.Rescaling(float(cfg.vector_scale), name="partner_vectors", dtype="float32")(v)
     name = f"unet_{cfg.unet_model}_{cfg.tasks}"
     return keras.Model(inputs=raw, outputs=outputs, name=name)
