@@ -46,11 +46,20 @@ def _add_train(sub):
     p.add_argument("setup_dir", metavar="SETUP_DIR", help="training setup directory (holds train_config.ini)")
     p.add_argument("--iterations", type=int, default=None, metavar="N",
                    help="train until iteration N (default: [Training] iterations)")
+    p.add_argument("--submit", action="store_true", help="submit as one Slurm job with worker_config.ini's "
+                                                         "resources (job id and logs: synful status SETUP_DIR)")
+    p.add_argument("--wait", action="store_true", help="with --submit: wait for the job and return its exit code")
     p.set_defaults(func=_run_train)
     return p
 
 
 def _run_train(args) -> int:
+    if args.submit:
+        from .cluster import submit_training
+
+        job = submit_training(args.setup_dir, args.iterations)
+        print(f"submitted training job {job.job_id}; log {job.stdout}; follow with: synful status {args.setup_dir}")
+        return job.wait() if args.wait else 0
     from .train import train
 
     last = train(args.setup_dir, iterations=args.iterations)
@@ -90,6 +99,8 @@ def _add_predict(sub):
                                                                "worker_config.ini)")
     p.add_argument("--overwrite", action="store_true", help="delete the outputs and done markers and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--submit", action="store_true", help="run the workers as Slurm jobs (executor = slurm); "
+                                                         "the scheduler stays in this process")
     p.set_defaults(func=_run_predict)
     # internal: what a local subprocess or a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
     w = sub.add_parser("predict-worker")
@@ -100,7 +111,8 @@ def _add_predict(sub):
 def _run_predict(args) -> int:
     from .predict import predict
 
-    meta = predict(args.predict_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    meta = predict(args.predict_dir, overwrite=args.overwrite, progress=not args.no_progress,
+                   executor="slurm" if args.submit else None)
     b = meta["blocks"]
     print(f"predicted {b['total']} blocks ({b['skipped']} already done) in {meta['wall_seconds']:.1f} s, "
           f"{(meta['voxels_per_second'] or 0) / 1e6:.3f} Mvoxel/s; outputs in {meta['config']['out_container']}")
@@ -122,6 +134,8 @@ def _add_extract(sub):
     p.add_argument("--workers", type=int, help="local worker processes (default: worker_config.ini "
                                                "num_block_workers)")
     p.add_argument("--serial", action="store_true", help="run all blocks in this process (debugging)")
+    p.add_argument("--submit", action="store_true", help="run the workers as Slurm jobs (executor = slurm); "
+                                                         "the scheduler stays in this process")
     p.set_defaults(func=_run_extract)
     # internal: what a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
     w = sub.add_parser("extract-worker")
@@ -137,7 +151,7 @@ def _run_extract(args) -> int:
     from .extract import extract
 
     s = extract(args.predict_dir, overwrite=args.overwrite, num_workers=args.workers,
-                multiprocessing=not args.serial)
+                multiprocessing=not args.serial, executor="slurm" if args.submit else None)
     print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks, "
           f"{s['blocks_skipped']} already done); score histogram {s['histogram']}")
     return 0

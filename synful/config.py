@@ -109,8 +109,9 @@ class Training:
                                    "small weights reach typical partner distances", minimum=0)
     blob_radius: float = key(100.0, "radius of the post-synaptic indicator blob, nm", minimum=0)
     d_blob_radius: float = key(100.0, "radius around a post site in which partner vectors are trained, nm", minimum=0)
-    max_partner_distance: float = key(600.0, "pre sites are read this far (nm) around the network output; "
-                                      "farther partners get no vector targets", minimum=0)
+    max_partner_distance: float = key(0.0, "pre sites are read this far (nm) around the network output, at least "
+                                      "within the network input (0, as Synful); partners farther apart get no "
+                                      "vector targets; larger values make elastic augmentation slower", minimum=0)
     m_loss_type: str = key("sigmoid_ce", "indicator loss: sigmoid_ce or mse", choices=("sigmoid_ce", "mse"))
     m_loss_scale: float = key(1.0, "weight of the indicator loss", minimum=0)
     d_loss_scale: float = key(0.01, "weight of the partner-vector loss (vectors are in nm)", minimum=0)

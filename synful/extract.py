@@ -418,6 +418,38 @@ def run_worker(predict_dir) -> None:
             logger.error("block failed: %s: %s", type(e).__name__, e)
 
 
+class _ClusterWorker:
+    """daisy's worker function for ``executor = slurm``: one ``synful extract-worker`` job through
+    :func:`synful.cluster.run` (cancelled if this slot is stopped), connecting back over TCP."""
+
+    def __init__(self, predict_dir: str, worker_cfg):
+        self.predict_dir, self.worker_cfg = predict_dir, worker_cfg
+
+    def __call__(self, *, context):
+        from .cluster import run, synful_command
+
+        name = f"extract-worker-{context.get('worker_id', '0')}"
+        log_dir = Path(self.predict_dir) / "log" / "extract"
+        rc = run(self.worker_cfg, synful_command(self.worker_cfg, ["extract-worker", self.predict_dir]), name=name,
+                 log_dir=log_dir, env={"DAISY_CONTEXT": context.to_env()})
+        if rc != 0:
+            raise RuntimeError(f"{name} exited with code {rc} (logs: {log_dir})")
+
+
+def _worker_config(predict_dir: Path, executor: str | None):
+    """The run's [Worker] (profile applied, validated), with ``executor`` overriding the config's."""
+    from dataclasses import replace
+
+    from .cluster import check_worker
+    from .config import Worker, read_worker_config
+
+    wc = predict_dir / "worker_config.ini"
+    worker = read_worker_config(wc) if wc.is_file() else Worker()
+    if executor is not None:
+        worker = replace(worker, executor=executor)
+    return check_worker(worker)
+
+
 def _num_workers(predict_dir: Path) -> int:
     wc = predict_dir / "worker_config.ini"
     n = 0
@@ -443,7 +475,7 @@ def _check_layout(predict_dir: Path, layout: dict, overwrite: bool):
 
 
 def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = None,
-            multiprocessing: bool = True, progress: bool = False) -> dict:
+            multiprocessing: bool = True, progress: bool = False, executor: str | None = None) -> dict:
     """Extract the partners of the prediction run in ``predict_dir`` blockwise into its result collection.
 
     Reads predict_config.ini ([Prediction] outputs, [Extraction] method and
@@ -452,6 +484,9 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     collection and the markers first.  ``num_workers`` local worker processes
     (default: worker_config.ini ``num_block_workers``); ``multiprocessing=False``
     runs in-process.  An unreachable store fails before any block runs.
+    With ``executor = slurm`` (worker_config.ini, or the ``executor``
+    argument) each worker is a Slurm job (:func:`synful.cluster.run`); its
+    resources, container and retries (``max_retries``) come from worker_config.ini.
 
     Returns the summary dict also written to ``extraction_summary.json``
     (with a score histogram ``extraction_scores.png``).  Raises
@@ -466,6 +501,7 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     if not (predict_dir / "predict_config.ini").is_file():
         raise ExtractionError(f"{predict_dir}: no predict_config.ini (not a prediction setup)")
     _RUNS.pop(str(predict_dir), None)  # reread the config: it may have changed since the last call
+    worker_cfg = _worker_config(predict_dir, executor)  # bad partition / container / mounts fail here
     run = _run_for(predict_dir)
     cfg = run.cfg
     if cfg.method == "nms" and any(c < 2 * r for c, r in zip(cfg.context, cfg.nms_radius)):
@@ -487,10 +523,14 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     daisy.logging.set_log_basedir(predict_dir / "log" / "extract")
 
     workers = int(num_workers or _num_workers(predict_dir))
-    task = daisy.Task(TASK_ID, total_roi=total, read_roi=read_roi, write_roi=write_roi,
-                      # worker processes run the same loop a cluster job runs; serial runs call blocks directly
-                      process_function=functools.partial(run_worker if multiprocessing else process_block,
-                                                         str(predict_dir)),
+    if worker_cfg.executor == "slurm" and multiprocessing:
+        cluster_opts = dict(process_function=_ClusterWorker(str(predict_dir), worker_cfg),
+                            max_worker_restarts=int(worker_cfg.max_retries) * workers)
+    else:
+        # worker processes run the same loop a cluster job runs; serial runs call blocks directly
+        cluster_opts = dict(process_function=functools.partial(run_worker if multiprocessing else process_block,
+                                                                str(predict_dir)))
+    task = daisy.Task(TASK_ID, total_roi=total, read_roi=read_roi, write_roi=write_roi, **cluster_opts,
                       read_write_conflict=False, fit="overhang", max_workers=workers, max_retries=1,
                       tracking_path=str(tracking / "markers"))
     logger.info("extracting %s blocks of %s nm (context %s nm) with %d worker(s) into %s [%s]",

@@ -722,7 +722,8 @@ def _write_json(path: Path, data: dict):
     os.replace(tmp, path)
 
 
-def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_process: bool = False) -> dict:
+def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_process: bool = False,
+            executor: str | None = None) -> dict:
     """Predict the ROI of ``PREDICT_DIR/predict_config.ini`` blockwise; return the run metadata.
 
     Workers come from ``PREDICT_DIR/worker_config.ini`` [Worker]: ``num_block_workers`` (0: one per
@@ -730,6 +731,7 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     (retries per block; the run tolerates ``max_retries x workers`` worker crashes).  A rerun resumes:
     blocks marked done are skipped; ``overwrite=True`` deletes the outputs and the done markers first.
     ``in_process=True`` runs every block in this process (daisy's serial mode; for debugging).
+    ``executor`` (``local`` or ``slurm``) overrides the worker config's.
 
     Raises :class:`PredictionError` before any worker starts for bad configs, a missing checkpoint or a
     ROI outside the raw data, and after the run when blocks remain undone (a rerun resumes).
@@ -741,7 +743,12 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
 
     plan = plan_prediction(predict_dir)
     worker_ini = plan.predict_dir / "worker_config.ini"
-    worker_cfg = check_worker(read_worker_config(worker_ini) if worker_ini.is_file() else Worker())
+    worker_cfg = read_worker_config(worker_ini) if worker_ini.is_file() else Worker()
+    if executor is not None:  # `synful predict --submit`: workers as Slurm jobs whatever the config says
+        from dataclasses import replace
+
+        worker_cfg = replace(worker_cfg, executor=executor)
+    worker_cfg = check_worker(worker_cfg)
     p = plan.prediction
     sig_file = _signature_path(plan)
 

@@ -195,7 +195,7 @@ class KerasTrainer:
 
     @property
     def learning_rate(self) -> float:
-        return float(np.asarray(self.optimizer.learning_rate))
+        return float(self.optimizer.learning_rate.numpy())
 
     def _step_impl(self, raw, targets):
         import tensorflow as tf
@@ -219,6 +219,8 @@ class KerasTrainer:
 
     def save(self, setup_dir) -> Path:
         """Write weights and optimiser state of the current iteration (each atomically); return the weights path."""
+        from keras import ops
+
         path = checkpoint_path(setup_dir, self.iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp_{path.name}")
@@ -228,7 +230,7 @@ class KerasTrainer:
         opt_path = optimizer_state_path(setup_dir, self.iteration)
         opt_tmp = opt_path.with_name(f".tmp_{opt_path.name}")
         with open(opt_tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in store.items()})
+            np.savez(f, **{k: ops.convert_to_numpy(v) for k, v in store.items()})
         os.replace(opt_tmp, opt_path)
         os.replace(tmp, path)  # the weights last: a checkpoint exists only when complete
         return path
@@ -304,7 +306,8 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
     """The gunpowder pipeline and request of one training iteration: ``(pipeline, request, keys, train_node)``.
 
     ``samples``: ``(Sample, SampleArrays, partners)`` triples.  Per sample: raw (normalised to
-    [0, 1]), labels and the partner graphs, padded by the network context, then a random location;
+    [0, 1]; zero-padded by the network context), labels and the partner graphs, then a random
+    location whose network output lies inside the sample ROI (its input may reach beyond);
     over all samples a random provider, the augmentations of ``cfg``, raw mapped to [-1, 1]
     (:data:`synful.models.RAW_SCALE` / ``RAW_SHIFT``), the indicator and vector targets, rejection
     of batches without synapse (``reject_probability``), class balancing (``balance_clip``) and
@@ -329,10 +332,11 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
                gp.ArraySource(k.labels, arrays.labels, interpolatable=False),
                PartnerSource(partners, k.pre, k.post)) + gp.MergeProvider()
         src += gp.Normalize(k.raw)  # uint8 -> float32 [0, 1]
-        if arrays.roi != arrays.raw.roi or arrays.roi != arrays.labels.roi:
-            src += gp.Crop(k.raw, arrays.roi) + gp.Crop(k.labels, arrays.roi)
-        # raw: zeros up to the network context beyond the data; labels: 0 (no targets) everywhere beyond
-        src += gp.Pad(k.raw, context) + gp.Pad(k.labels, None)
+        # raw is offered exactly on the sample ROI grown by the network context (real data where there
+        # is some, zeros beyond), so random locations keep the network output inside the sample ROI
+        src += gp.Pad(k.raw, context) + gp.Crop(k.raw, arrays.roi.grow(context, context))
+        # labels: 0 (no targets) beyond the data; they do not restrict the locations
+        src += gp.Pad(k.labels, None)
         src += gp.RandomLocation()
         sources.append(src)
     pipeline = tuple(sources) + gp.RandomProvider()

@@ -132,3 +132,189 @@ def test_sbatch_refusal_is_one_clear_error(slurm_cluster, tmp_path):
     w = _worker(sbatch_extra=["--gres=tpu:1"])  # a resource Slurm does not know: sbatch itself refuses
     with pytest.raises(ClusterError, match=r"sbatch refused job many"):
         cluster.launch(w, [sys.executable, "-c", "pass"], name="many", log_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# acceptance: training, prediction and extraction with Slurm workers
+# --------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+VOXEL_SIZE = (40, 4, 4)
+RAW_SHAPE = (20, 100, 110)  # voxels: big enough that blockwise prediction is still running when a worker is cancelled
+TINY_UNET = {"voxel_size": VOXEL_SIZE, "input_shape": (8, 20, 20), "fmap_num": 2, "fmap_inc_factor": 2,
+             "downsample_factors": [(1, 2, 2)], "kernel_size": (3, 3, 3), "num_convs": 1, "tasks": "both"}
+
+
+def test_training_submitted_through_slurm_writes_checkpoints_and_resumes(slurm_cluster, tmp_path, capsys):
+    import yaml
+
+    from synful.cli import main as cli_main
+    from synful.scaffold import create_train_setup
+    from synful.synthetic import write_synthetic
+
+    base = tmp_path / "experiments"
+    write_synthetic(base / "exp" / "01_data" / "sample.zarr", (12, 128, 128), seed=1)
+    (base / "exp" / "01_data" / "manifest.yaml").write_text(yaml.safe_dump(
+        {"samples": [{"name": "s", "container": "sample.zarr", "split": "train"}]}))
+    training = {**TINY_UNET, "input_shape": (8, 36, 36), "checkpoint_every": 2, "snapshot_every": 0,
+                "image_every": 0, "log_every": 1, "cache_size": 2, "num_workers": 1, "elastic_augment": False,
+                "reject_probability": 0.0}
+    setup = create_train_setup(base, "exp", 0, overrides={
+        "train_config.ini": {"Training": training},
+        "worker_config.ini": {"Worker": {"cluster_profile": "local", "time_limit": "00:10:00"}}})
+
+    assert cli_main(["train", str(setup), "--iterations", "2", "--submit", "--wait"]) == 0
+    out = capsys.readouterr().out
+    job_id = out.split("submitted training job ")[1].split(";")[0]
+    assert (setup / "checkpoints" / "model_2.weights.h5").is_file()
+    st = cluster.status(setup)
+    assert st["last_checkpoint"]["iteration"] == 2
+    assert st["jobs"][-1]["job_id"] == job_id and st["jobs"][-1]["executor"] == "slurm"
+    assert st["jobs"][-1]["state"] in ("COMPLETED", "COMPLETING")
+    assert any("trained until iteration 2" in ln for ln in st["log_tail"]["stdout"])
+
+    # resubmitting continues from the last checkpoint: iteration 2's checkpoint is not written again
+    first = (setup / "checkpoints" / "model_2.weights.h5").stat().st_mtime_ns
+    job = cluster.submit_training(setup, 4)
+    assert job.job_id != job_id and job.wait() == 0
+    assert (setup / "checkpoints" / "model_4.weights.h5").is_file()
+    assert (setup / "checkpoints" / "model_2.weights.h5").stat().st_mtime_ns == first
+    assert "trained until iteration 4" in job.stdout.read_text()
+    assert cli_main(["status", str(setup)]) == 0
+    assert "last checkpoint: iteration 4" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A training setup with a random-weight tiny U-Net checkpoint, and a random raw volume."""
+    from synful.config import read_train_config
+    from synful.io.volumes import write_volume
+    from synful.models import build_unet
+    from synful.scaffold import create_train_setup
+    from synful.train import checkpoint_path
+
+    base = tmp_path_factory.mktemp("experiments")
+    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": TINY_UNET}})
+    model = build_unet(read_train_config(train_dir / "train_config.ini"))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    ckpt = checkpoint_path(train_dir, 1)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(str(ckpt))
+    raw_container = base / "exp" / "01_data" / "raw.zarr"
+    write_volume(raw_container, "volumes/raw", rng.integers(0, 256, RAW_SHAPE, dtype=np.uint8), VOXEL_SIZE,
+                 offset=(0, 0, 0))
+    return {"base": base, "raw_container": str(raw_container), "reference": {}}
+
+
+def _predict_setup(experiment, worker: dict) -> Path:
+    from synful.scaffold import create_predict_setups
+
+    prediction = {"raw_container": experiment["raw_container"], "raw_dataset": "volumes/raw",
+                  "indicator_dtype": "float32", "vectors_dtype": "float32", "block_factor": (2, 2, 2)}
+    extraction = {"cc_threshold": 0.6, "context": (160, 160, 160), "block_shape": (400, 200, 200)}
+    (setup,) = create_predict_setups(experiment["base"], "exp", 0, [1], overrides={
+        "predict_config.ini": {"Prediction": prediction, "Extraction": extraction},
+        "worker_config.ini": {"Worker": {"num_block_workers": 2, **worker}}})
+    return setup
+
+
+def _outputs(setup) -> tuple[np.ndarray, np.ndarray]:
+    from synful.io.volumes import open_volume
+    from synful.predict import plan_prediction
+
+    p = plan_prediction(setup).prediction
+    ind = open_volume(p.out_container, p.indicator_dataset)
+    vec = open_volume(p.out_container, p.vectors_dataset)
+    return ind[ind.roi], vec[vec.roi]
+
+
+def _partners(setup) -> np.ndarray:
+    from synful.store import open_run_store
+
+    with open_run_store(setup) as store:
+        return store.query()
+
+
+def _local_reference(experiment):
+    """Indicator, vectors and partners of the local executor (computed once per module)."""
+    from synful.extract import extract
+    from synful.predict import predict
+
+    ref = experiment["reference"]
+    if not ref:
+        setup = _predict_setup(experiment, {"executor": "local", "gpus": 0})
+        assert predict(setup, progress=False)["complete"]
+        extract(setup)
+        ref["indicator"], ref["vectors"] = _outputs(setup)
+        ref["partners"] = _partners(setup)
+        assert len(ref["partners"]) > 5
+    return ref
+
+
+def _slurm_jobs(setup, stage: str) -> list[dict]:
+    return [r for r in cluster.read_job_records(Path(setup) / "log" / stage) if r["executor"] == "slurm"]
+
+
+def test_prediction_and_extraction_with_slurm_workers_equal_local(slurm_cluster, experiment):
+    from synful.cli import main as cli_main
+
+    ref = _local_reference(experiment)
+    setup = _predict_setup(experiment, {"cluster_profile": "local", "executor": "local", "time_limit": "00:10:00"})
+    # --submit: workers become Slurm jobs although worker_config.ini says local
+    assert cli_main(["predict", str(setup), "--submit", "--no-progress"]) == 0
+    assert cli_main(["extract", str(setup), "--submit"]) == 0
+    for stage in ("predict", "extract"):
+        jobs = _slurm_jobs(setup, stage)
+        assert len(jobs) >= 2 and all(j["job_id"].isdigit() for j in jobs)
+        assert all(cluster.job_state(j["job_id"]) in ("COMPLETED", "COMPLETING") for j in jobs)
+    indicator, vectors = _outputs(setup)
+    np.testing.assert_array_equal(indicator, ref["indicator"])
+    np.testing.assert_array_equal(vectors, ref["vectors"])
+    np.testing.assert_array_equal(_partners(setup), ref["partners"])
+
+
+def test_worker_cancelled_with_scancel_then_rerun_gives_same_partners(slurm_cluster, experiment, tmp_path):
+    from synful.extract import extract
+    from synful.predict import plan_prediction, predict
+
+    ref = _local_reference(experiment)
+    setup = _predict_setup(experiment, {"cluster_profile": "local", "max_retries": 0, "time_limit": "00:10:00"})
+    plan = plan_prediction(setup)
+    chunks = Path(plan.prediction.out_container) / plan.prediction.indicator_dataset
+    log = open(tmp_path / "predict.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "synful", "predict", str(setup), "--no-progress"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    victim = None
+    try:
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            written = [f for f in chunks.glob("*") if not f.name.startswith(".")] if chunks.is_dir() else []
+            running = [j["job_id"] for j in _slurm_jobs(setup, "predict") if cluster.job_state(j["job_id"]) == "RUNNING"]
+            if written and running:  # blocks are being written: cancel a worker mid-run
+                victim = running[0]
+                subprocess.run(["scancel", victim], check=True)
+            time.sleep(0.2)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert victim is not None, (tmp_path / "predict.log").read_text()[-2000:]
+    for _ in range(40):
+        if cluster.job_state(victim) == "CANCELLED":
+            break
+        time.sleep(0.5)
+    assert cluster.job_state(victim) == "CANCELLED"
+
+    rerun = predict(setup, progress=False)  # finished blocks stay done
+    assert rerun["complete"] and rerun["blocks"]["skipped"] > 0
+    extract(setup)
+    indicator, vectors = _outputs(setup)
+    np.testing.assert_array_equal(indicator, ref["indicator"])
+    np.testing.assert_array_equal(vectors, ref["vectors"])
+    np.testing.assert_array_equal(_partners(setup), ref["partners"])

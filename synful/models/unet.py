@@ -91,8 +91,10 @@ def _check_architecture(cfg: Training):
         if len(f) != 3 or min(f) < 1:
             raise ConfigError(f"[Training] downsample_factors: each factor needs 3 positive integers (z, y, x), "
                               f"got {list(f)}")
-    if len(cfg.kernel_size) != 3 or min(cfg.kernel_size) < 1:
-        raise ConfigError(f"[Training] kernel_size: needs 3 positive integers (z, y, x), got {cfg.kernel_size}")
+    if len(cfg.kernel_size) != 3 or min(cfg.kernel_size) < 1 or any(k % 2 == 0 for k in cfg.kernel_size):
+        # odd kernels keep the output centred on the input (the context is whole voxels on each side)
+        raise ConfigError(f"[Training] kernel_size: needs 3 odd positive integers (z, y, x), "
+                          f"got {tuple(cfg.kernel_size)}")
     if cfg.unet_model == "dh_unet" and cfg.tasks != "both":
         raise ConfigError(f"[Training] unet_model = dh_unet needs tasks = both (one decoder per task), "
                           f"got tasks = {cfg.tasks}")
