@@ -242,6 +242,37 @@ def _run_show(args) -> int:
     return 0
 
 
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="the whole workflow on synthetic data: data, scaffold, predict, extract, "
+                                    "evaluate (shipped model, or --train)")
+    p.add_argument("--dir", default=None, help="experiments base directory (default: experiments/ of the source tree)")
+    p.add_argument("--train", action="store_true", help="train the demo network from scratch instead of using "
+                                                        "the shipped model")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations with --train")
+    p.add_argument("--quick", action="store_true", help="predict a smaller held-out volume (for CI)")
+    p.add_argument("--workers", type=int, default=2, help="local prediction / extraction workers (default 2)")
+    p.add_argument("--save-model", metavar="DIR", default=None,
+                   help="with --train: copy the trained checkpoint and its train_config.ini into DIR")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo, save_model
+
+    best = run_demo(args.dir, train=args.train, iterations=args.iterations, quick=args.quick, workers=args.workers)
+    if args.save_model:
+        from pathlib import Path
+
+        saved = save_model(Path(best["run_dir"]).parent.parent / "02_train" / "setup_t0", out_dir=args.save_model)
+        print(f"saved model {saved}")
+    print(f"demo: best score threshold {best['score_thr']:g}: precision {best['precision']:.3f} "
+          f"recall {best['recall']:.3f} fscore {best['fscore']:.3f} "
+          f"(tp {best['tpcount']}, fp {best['fpcount']}, fn {best['fncount']})")
+    print(f"precision-recall curve: {best['pr_curve_png']}")
+    print(f"slices with partners:   {best['slices_png']}")
+    return 0
+
+
 # Each stage registers its subcommand here, in workflow order.
 COMMANDS = [
     _add_validate,
@@ -253,6 +284,7 @@ COMMANDS = [
     _add_evaluate,
     _add_status,
     _add_transmitter,
+    _add_demo,
 ]
 
 

@@ -632,7 +632,7 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
 
 
 def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volumes/raw", partners=None,
-         max_size: int = 800) -> Path:
+         predicted=None, max_size: int = 800) -> Path:
     """Write a PNG of ``num_slices`` z-sections with the ground-truth sites drawn on the raw.
 
     The sections shown are those with the most sites.  Pre-sites are red
@@ -640,8 +640,9 @@ def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volume
     when its other end lies in another section).  ``partners`` is a
     PARTNER_DTYPE array or a .json/.csv path; default: the container's CREMI
     annotations.  Sections larger than ``max_size`` pixels are shown
-    subsampled.  Returns the PNG path (default: the container with suffix
-    ``.png``).
+    subsampled.  ``predicted`` (PARTNER_DTYPE array or path) is drawn on top:
+    pre-sites orange triangles, post-sites magenta squares, partners orange
+    lines.  Returns the PNG path (default: the container with suffix ``.png``).
     """
     import matplotlib
 
@@ -661,36 +662,49 @@ def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volume
             partners = empty_partners(0)
     elif not isinstance(partners, np.ndarray):
         partners = read_partners(partners)
+    if predicted is not None and not isinstance(predicted, np.ndarray):
+        predicted = read_partners(predicted)
     vs = np.asarray(raw.voxel_size)
     off = np.asarray(raw.offset)
     nz = raw.shape[-3]
-    pre_z = (partners["pre_z"] - off[0]) // vs[0]
-    post_z = (partners["post_z"] - off[0]) // vs[0]
+
+    def section(a, which):
+        return (a[f"{which}_z"] - off[0]) // vs[0]
+
+    pre_z, post_z = section(partners, "pre"), section(partners, "post")
     counts = np.bincount(np.concatenate([pre_z, post_z]).clip(0, nz - 1), minlength=nz) if len(partners) \
         else np.zeros(nz, int)
     n = max(1, min(num_slices, nz))
     order = np.argsort(-counts, kind="stable")[:n] if counts.any() else np.linspace(0, nz - 1, n).astype(int)
     zs = sorted(int(z) for z in order)
     stride = max(1, int(math.ceil(max(raw.shape[-2:]) / max_size)))
+    styles = [(partners, "yellow", ("^", "red", 7), ("o", "cyan", 6))]
+    if predicted is not None:
+        styles.append((predicted, "orange", ("^", "orange", 6), ("s", "magenta", 5)))
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
     for ax, z in zip(axes[0], zs):
         img = np.asarray(raw.data[..., z, ::stride, ::stride].compute())
         if img.ndim == 3:
             img = img[0]
         ax.imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype == np.uint8 else None, interpolation="nearest")
-        for p, pz, qz in zip(partners, pre_z, post_z):
-            if z not in (pz, qz):
-                continue
-            py, px = (p["pre_y"] - off[1]) / vs[1] / stride, (p["pre_x"] - off[2]) / vs[2] / stride
-            qy, qx = (p["post_y"] - off[1]) / vs[1] / stride, (p["post_x"] - off[2]) / vs[2] / stride
-            ax.plot([px, qx], [py, qy], color="yellow", lw=1, ls="-" if pz == qz else "--")
-            if pz == z:
-                ax.plot(px, py, marker="^", color="red", ms=7, mec="black", mew=0.5)
-            if qz == z:
-                ax.plot(qx, qy, marker="o", color="cyan", ms=6, mec="black", mew=0.5)
+        for links, line_colour, (pm, pc, ps), (qm, qc, qs) in styles:
+            for p, pz, qz in zip(links, section(links, "pre"), section(links, "post")):
+                if z not in (pz, qz):
+                    continue
+                py, px = (p["pre_y"] - off[1]) / vs[1] / stride, (p["pre_x"] - off[2]) / vs[2] / stride
+                qy, qx = (p["post_y"] - off[1]) / vs[1] / stride, (p["post_x"] - off[2]) / vs[2] / stride
+                ax.plot([px, qx], [py, qy], color=line_colour, lw=1, ls="-" if pz == qz else "--")
+                if pz == z:
+                    ax.plot(px, py, marker=pm, color=pc, ms=ps, mec="black", mew=0.5, ls="none")
+                if qz == z:
+                    ax.plot(qx, qy, marker=qm, color=qc, ms=qs, mec="black", mew=0.5, ls="none")
         ax.set_title(f"z = {int(off[0] + z * vs[0])} nm (section {z})", fontsize=9)
         ax.set_axis_off()
-    fig.suptitle(f"{container.name}: {len(partners)} partners (red: pre, cyan: post)", fontsize=10)
+    if predicted is not None:
+        fig.suptitle(f"{container.name}: {len(partners)} ground-truth partners (red pre, cyan post), "
+                     f"{len(predicted)} predicted (orange pre, magenta post)", fontsize=10)
+    else:
+        fig.suptitle(f"{container.name}: {len(partners)} partners (red: pre, cyan: post)", fontsize=10)
     fig.tight_layout()
     out = Path(out) if out is not None else container.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
