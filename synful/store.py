@@ -393,7 +393,7 @@ class MongoStore(Store):
 # opening
 # --------------------------------------------------------------------------------------
 
-def _read_secret_url(credentials_file, credentials_env) -> str | None:
+def read_secret_url(credentials_file, credentials_env) -> str | None:
     if credentials_file:
         path = Path(credentials_file)
         try:
@@ -424,7 +424,7 @@ def open_store(url: str, *, database: str = "synful", collection: str, base_dir=
     MongoDB raises :class:`StoreError` after ``timeout`` seconds; no message
     ever contains credentials.
     """
-    secret = _read_secret_url(credentials_file, credentials_env)
+    secret = read_secret_url(credentials_file, credentials_env)
     if secret is not None:
         if not secret.startswith(("mongodb://", "mongodb+srv://")):
             raise StoreError(f"credentials from {credentials_file or '$' + str(credentials_env)}: "

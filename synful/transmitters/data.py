@@ -101,11 +101,8 @@ def _int(v):
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str):
-        try:
-            return int(v.strip())
-        except ValueError:
-            pass
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v.strip())
     raise ValueError(f"expected an integer, got {v!r}")
 
 

@@ -27,11 +27,12 @@ import json
 import os
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..store import StoreError, _read_secret_url, redact_url
+from ..store import StoreError, read_secret_url, redact_url
 
 __all__ = [
     "StoreError",
@@ -67,7 +68,7 @@ def resolve_url(url: str, *, base_dir=None, credentials_file=None, credentials_e
     resolves against ``base_dir`` (the folder of the config that named it;
     default the working directory), ``sqlite:////abs/path`` is absolute.
     """
-    secret = _read_secret_url(credentials_file, credentials_env)
+    secret = read_secret_url(credentials_file, credentials_env)
     url = str(secret if secret is not None else url).strip()
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://"):]
@@ -90,50 +91,58 @@ def open_store(url: str, **kwargs) -> "DocumentStore":
     return _MongoStore(url)
 
 
-class Collection:
+class Collection(ABC):
     """One collection of documents.  Both backends implement exactly these methods."""
 
     name: str
 
+    @abstractmethod
     def insert_many(self, docs: Iterable[dict]) -> int:
         """Insert documents; return how many.  Violating a unique index raises StoreError."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def find(self, query: dict | None = None) -> list[dict]:
         """All documents matching ``query`` (equality and ``$in`` filters), in insertion order."""
-        raise NotImplementedError
+        ...
 
     def count(self, query: dict | None = None) -> int:
         """Number of documents matching ``query``."""
         return len(self.find(query))
 
+    @abstractmethod
     def delete_many(self, query: dict) -> int:
         """Delete matching documents; return how many."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def create_index(self, field: str, unique: bool = False):
         """Index ``field`` (optionally unique)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def drop(self):
         """Remove the collection and its indexes."""
-        raise NotImplementedError
+        ...
 
 
-class DocumentStore:
+class DocumentStore(ABC):
     """A connection to one store; :meth:`collection` gives ``<database>.<name>``."""
 
     url: str
 
+    @abstractmethod
     def collection(self, database: str, name: str) -> Collection:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def exists(self, database: str, name: str) -> bool:
         """Whether the collection exists and holds at least one document."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def list_collections(self, database: str) -> list[str]:
-        raise NotImplementedError
+        ...
 
     @contextmanager
     def transaction(self):
