@@ -7,17 +7,13 @@ executor (submitit: sbatch, scheduling, srun, result file), sequentially and as 
 (one per fake GPU).  Prints the numbers and saves them with machine info to
 ``benchmarks/results/cluster_<host>.json``.
 
-    python benchmarks/bench_cluster.py [--repeat 5] [--concurrent 2] [--profile local]
+    python benchmarks/bench_cluster.py [--repeat 5] [--concurrent 2] [--profile local] [--local-only] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from synful import __version__, cluster
-from synful.config import Worker
+from _common import default_out, machine_info, save_json
 
-HERE = Path(__file__).resolve().parent
+from synful import cluster
+from synful.config import Worker
 
 
 def _time_jobs(worker: Worker, n_parallel: int, repeat: int, log_dir: Path) -> list[float]:
@@ -50,12 +46,17 @@ def _summary(times: list[float]) -> dict:
             "max_s": round(max(times), 3), "runs": [round(t, 3) for t in times]}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--concurrent", type=int, default=2, help="jobs at once in the concurrent measurement")
     ap.add_argument("--profile", default="local", help="cluster profile for the slurm executor")
-    args = ap.parse_args()
+    ap.add_argument("--local-only", action="store_true", help="skip the slurm executor even when Slurm answers")
+    ap.add_argument("--quick", action="store_true", help="one repetition, local executor only")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cluster_<host>.json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeat, args.local_only = 1, True
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
@@ -63,29 +64,27 @@ def main() -> int:
         local = Worker(executor="local")
         results["local_sequential"] = _summary(_time_jobs(local, 1, args.repeat, tmp / "local"))
         results["local_concurrent"] = _summary(_time_jobs(local, args.concurrent, args.repeat, tmp / "local"))
-        slurm_up = shutil.which("sinfo") and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+        slurm_up = not args.local_only and shutil.which("sinfo") \
+            and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
         if slurm_up:
             w = Worker(executor="slurm", cluster_profile=args.profile, time_limit="00:05:00")
             results["slurm_sequential"] = _summary(_time_jobs(w, 1, args.repeat, tmp / "slurm"))
             results["slurm_concurrent"] = _summary(_time_jobs(w, args.concurrent, args.repeat, tmp / "slurm"))
-        else:
+        elif not args.local_only:
             print("no Slurm cluster answers (start one with tests/slurm/start_local_slurm.sh): local executor only")
 
     for k, v in results.items():
         print(f"{k:18s} median {v['median_s']:7.3f} s  (min {v['min_s']:.3f}, max {v['max_s']:.3f})")
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%P %c %m %G"], capture_output=True, text=True).stdout.strip() \
-        if shutil.which("sinfo") else None
+        if slurm_up else None
     report = {
         "benchmark": "cluster_launch_overhead",
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "synful": __version__, "slurm_partitions": sinfo},
+        "machine": {**machine_info(), "slurm_partitions": sinfo}, "quick": args.quick,
         "inputs": {"command": "python -c pass", "repeat": args.repeat, "concurrent": args.concurrent,
                    "profile": args.profile},
         "seconds": results,
     }
-    out = HERE / "results" / f"cluster_{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = save_json(args.out or default_out("cluster"), report, indent=2)
     print(f"saved {out}")
     return 0
 

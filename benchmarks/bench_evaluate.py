@@ -9,28 +9,22 @@ sweep (FAFB per-neuron protocol, all filters on), and writing results + plot.
 Prints the numbers and saves them with machine info to
 ``benchmarks/results/evaluate_<host>.json``.
 
-    python benchmarks/bench_evaluate.py [--gt 15000] [--neurons 30] [--thresholds 10] [--repeat 3]
+    python benchmarks/bench_evaluate.py [--gt 15000] [--neurons 30] [--thresholds 10] [--repeat 3] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import scipy
+from _common import default_out, machine_info, save_json
 
 from synful.evaluate import evaluate, read_evaluation_json, read_ground_truth, read_skeleton_ids, write_results
 from synful.io.partners import NO_ID, empty_partners, read_partners, write_partners_json
-
-HERE = Path(__file__).resolve().parent
 
 
 def synthetic_benchmark(n_gt: int, n_neurons: int, seed: int = 0):
@@ -85,28 +79,17 @@ def synthetic_benchmark(n_gt: int, n_neurons: int, seed: int = 0):
     return pred[order], gt, listed
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "numpy": np.__version__,
-            "scipy": scipy.__version__}
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gt", type=int, default=15000, help="ground-truth links")
     ap.add_argument("--neurons", type=int, default=30, help="listed neurons")
     ap.add_argument("--thresholds", type=int, default=10, help="score thresholds in the sweep")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions (the minimum is reported)")
-    ap.add_argument("--out", default=str(HERE / "results"), help="folder for the result JSON")
+    ap.add_argument("--quick", action="store_true", help="1000 links, 5 neurons, 3 thresholds, once")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/evaluate_<host>.json)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.gt, args.neurons, args.thresholds, args.repeat = 1000, 5, 3, 1
 
     pred, gt, listed = synthetic_benchmark(args.gt, args.neurons)
     thresholds = [float(t) for t in np.linspace(0, 400, args.thresholds)]
@@ -148,7 +131,7 @@ def main(argv=None) -> dict:
     best = max(results, key=lambda r: r["fscore"])
     report = {
         "benchmark": "evaluate",
-        "machine": machine_info(),
+        "machine": machine_info(), "quick": args.quick,
         "inputs": {"predictions": int(len(pred)), "ground_truth": int(len(gt)), "neurons": int(len(listed)),
                    "score_thresholds": len(thresholds), "matching_threshold_nm": 400,
                    "protocol": "FAFB per neuron, both directions, all filters on"},
@@ -166,10 +149,7 @@ def main(argv=None) -> dict:
         print(f"  {k:36s} {v:8.3f} s")
     print(f"  best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g} "
           f"(precision {best['precision']:.4f}, recall {best['recall']:.4f})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"evaluate_{socket.gethostname()}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = save_json(args.out or default_out("evaluate"), report)
     print(f"saved {path}")
     return report
 

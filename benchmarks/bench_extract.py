@@ -6,7 +6,7 @@ bounding box), one vector read per post site.  Both run on the same block
 with the same parameters (cc, edt, sum, point); the benchmark checks that
 they return the same partners and reports voxels/s and partners/s.
 
-    .venv/bin/python benchmarks/bench_extract.py [--shape 48 320 320] [--blobs 400] [--repeats 3]
+    .venv/bin/python benchmarks/bench_extract.py [--shape 48 320 320] [--blobs 150] [--repeats 3] [--quick]
 
 Prints a table and writes benchmarks/results/bench_extract.json.
 """
@@ -14,15 +14,12 @@ Prints a table and writes benchmarks/results/bench_extract.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, machine_info, save_json
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,8 +92,11 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=3, default=(48, 320, 320), metavar=("Z", "Y", "X"))
     ap.add_argument("--blobs", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_extract.json"))
+    ap.add_argument("--quick", action="store_true", help="a 16 x 128 x 128 block with 20 blobs, once")
+    ap.add_argument("--out", default=str(RESULTS / "bench_extract.json"))
     args = ap.parse_args(argv)
+    if args.quick:
+        args.shape, args.blobs, args.repeats = (16, 128, 128), 20, 1
 
     ind, vec = synthetic_block(tuple(args.shape), args.blobs)
     offset = np.array((400, 800, 800))
@@ -112,9 +112,7 @@ def main(argv=None):
         rows.append({"implementation": name, "seconds_best": round(best, 4), "seconds_median": round(med, 4),
                      "mvoxels_per_s": round(voxels / best / 1e6, 3), "partners_per_s": round(len(ours) / best, 1)})
     result = {
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": platform.processor(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "benchmark": "extract", "machine": machine_info(), "quick": args.quick,
         "block": {"shape": list(args.shape), "voxel_size": VS.tolist(), "voxels": voxels, "blobs": args.blobs,
                   "partners": int(len(ours)), "config": "cc, threshold 0.5, edt, sum, point"},
         "same_output": bool(same),
@@ -126,8 +124,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r['implementation']:32s} {r['seconds_best']:8.3f} {r['mvoxels_per_s']:9.2f} {r['partners_per_s']:11.0f}")
     print(f"speedup {result['speedup']}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save_json(args.out, result)
     print(f"wrote {args.out}")
     return 0 if same else 1
 

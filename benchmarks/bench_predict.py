@@ -18,17 +18,14 @@ with mixed precision off and on, sampling GPU utilisation (NVML) during the runs
 and saves them with machine info to ``benchmarks/results/predict_<host>.json``, with the projected
 device-days for a 50-teravoxel volume (FAFB): ``50e12 / steady voxels/s / 86400``.
 
-    python benchmarks/bench_predict.py [--blocks 2 3 3] [--gpu-blocks 4 6 6] [--batch-size 1] [--skip-cpu]
+    python benchmarks/bench_predict.py [--blocks 2 3 3] [--gpu-blocks 4 6 6] [--batch-size 1] [--skip-cpu] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -36,37 +33,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_name, default_out, gpu_info, machine_info, save_json
 
-HERE = Path(__file__).resolve().parent
 FAFB_VOXELS = 50e12
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# --quick: a small U-Net (the bench_train "cpu" preset): checks the set-up in seconds, not the speed
+QUICK_NETWORK = {"input_shape": (24, 142, 142), "downsample_factors": [(1, 3, 3), (1, 3, 3)]}
 
 
 def gpu_names() -> list[str]:
-    from synful.cluster import _import_nvml, discover_gpus
+    """Names of the GPUs this process may use (NVML, restricted by ``CUDA_VISIBLE_DEVICES``)."""
+    from synful.cluster import discover_gpus
 
-    gpus = discover_gpus()
-    if not gpus:
-        return []
-    nvml = _import_nvml()
-    nvml.nvmlInit()
-    try:
-        names = []
-        for i in gpus:
-            n = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i))
-            names.append(n.decode() if isinstance(n, bytes) else n)
-        return names
-    finally:
-        nvml.nvmlShutdown()
+    info = gpu_info()
+    return [] if info == "none" else [info["devices"][i]["name"] for i in discover_gpus()]
 
 
 class GpuSampler:
@@ -107,15 +86,18 @@ class GpuSampler:
                 "gpu_util_samples": len(self.samples), "gpu_mem_used_max_bytes": int(self.mem)}
 
 
-def make_experiment(base: Path, blocks, batch_size: int, block_factor) -> tuple[Path, dict]:
-    """A training setup with a random-weight checkpoint of the default network, and a synthetic raw volume."""
+def make_experiment(base: Path, blocks, batch_size: int, block_factor, network: dict | None = None
+                    ) -> tuple[Path, dict]:
+    """A training setup with a random-weight checkpoint of the default network (``network``: [Training]
+    overrides), and a synthetic raw volume of ``blocks`` write blocks."""
     from synful.config import read_train_config
     from synful.models import build_unet, output_shape
     from synful.scaffold import create_train_setup
     from synful.synthetic import write_synthetic
     from synful.train import checkpoint_path
 
-    train_dir = create_train_setup(base, "bench", 0)
+    train_dir = create_train_setup(base, "bench", 0,
+                                   overrides={"train_config.ini": {"Training": network}} if network else None)
     cfg = read_train_config(train_dir / "train_config.ini")
     model = build_unet(cfg)
     ckpt = checkpoint_path(train_dir, 1)
@@ -208,27 +190,22 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--block-factor", type=int, nargs=3, default=[1, 1, 1])
     ap.add_argument("--skip-cpu", action="store_true", help="only the GPU modes")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small U-Net over 1 x 1 x 2 blocks: checks the set-up, not the speed")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/predict_<host>.json)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    import tensorflow as tf
-
-    import synful
+    network = QUICK_NETWORK if args.quick else None
+    if args.quick:
+        args.blocks = args.gpu_blocks = [1, 1, 2]
 
     gpus = gpu_names()
-    results = {
-        "benchmark": "predict",
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_name(),
-                    "cpu_count": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
-                    "tensorflow": tf.__version__, "synful": synful.__version__,
-                    "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
-        "modes": {},
-    }
+    results = {"benchmark": "predict", "machine": machine_info(), "gpu": gpu_info(), "quick": args.quick,
+               "modes": {}}
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         tmp = Path(tmp)
         if gpus:
-            _, info = make_experiment(tmp / "gpu", args.gpu_blocks, args.batch_size, args.block_factor)
+            _, info = make_experiment(tmp / "gpu", args.gpu_blocks, args.batch_size, args.block_factor, network)
             results["network_gpu"] = _public(info)
             for mixed in (False, True):
                 name = f"gpu_{'mixed_float16' if mixed else 'float32'}"
@@ -239,7 +216,7 @@ def main(argv=None) -> int:
         if not args.skip_cpu:
             # CPU workers: hide GPUs from the worker processes and from this one
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-            _, info = make_experiment(tmp / "cpu", args.blocks, args.batch_size, args.block_factor)
+            _, info = make_experiment(tmp / "cpu", args.blocks, args.batch_size, args.block_factor, network)
             results["network_cpu"] = _public(info)
             r = run_mode(tmp / "cpu", info["raw"], "cpu_float32", gpu=False, mixed=False,
                          batch_size=args.batch_size, block_factor=args.block_factor)
@@ -253,9 +230,7 @@ def main(argv=None) -> int:
         print(f"{name:>22} on {r['device']}: end to end {e['voxels_per_second'] / 1e6:.3f} Mvoxel/s "
               f"({e['wall_seconds']:.1f} s), steady {s['voxels_per_second'] / 1e6:.3f} Mvoxel/s{util}; "
               f"50 Tvoxel: {s['fafb_50tvoxel_device_days']} device-days")
-    out = Path(args.out) if args.out else HERE / "results" / f"predict_{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    out = save_json(args.out or default_out("predict"), results)
     print(f"saved {out}")
     return 0
 

@@ -4,7 +4,7 @@ SQLite is a file in a temporary directory; MongoDB is $SYNFUL_TEST_MONGODB_URL
 when set, else an nx-27017 wire-protocol server started on 127.0.0.1 for the
 run (SQLite underneath, so its numbers are not those of a real mongod).
 
-    .venv/bin/python benchmarks/bench_store.py [--partners 20000] [--block 1000]
+    .venv/bin/python benchmarks/bench_store.py [--partners 20000] [--block 1000] [--quick]
 
 Prints a table and writes benchmarks/results/bench_store.json.
 """
@@ -12,16 +12,14 @@ Prints a table and writes benchmarks/results/bench_store.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, machine_info, save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -84,8 +82,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--partners", type=int, default=20000)
     ap.add_argument("--block", type=int, default=1000, help="partners per write_block call")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_store.json"))
+    ap.add_argument("--quick", action="store_true", help="2000 partners in blocks of 500")
+    ap.add_argument("--out", default=str(RESULTS / "bench_store.json"))
     args = ap.parse_args(argv)
+    if args.quick:
+        args.partners, args.block = 2000, 500
     partners = make_partners(args.partners)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,9 +104,7 @@ def main(argv=None):
             if proc is not None:
                 stop_process(proc)
     out = {
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": platform.processor(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "benchmark": "store", "machine": machine_info(), "quick": args.quick,
         "partners": args.partners, "partners_per_block": args.block,
         "results": results,
     }
@@ -114,8 +113,7 @@ def main(argv=None):
     for k, r in results.items():
         print(f"{k:10s} {r['inserts_per_s']:10d} {r['rewrites_per_s']:11d} {r['query_all_per_s']:10d} "
               f"{r['roi_queries_per_s']:8.1f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    save_json(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_synthetic.py                 # generation, a few shapes
     python benchmarks/bench_synthetic.py --io            # also: N5 read, tensorstore vs zarr-python 2
+    python benchmarks/bench_synthetic.py --quick         # one small shape, once: checks the set-up
 
 Prints a table and saves JSON with machine info to
 benchmarks/results/bench_synthetic.json.
@@ -10,27 +11,14 @@ benchmarks/results/bench_synthetic.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, machine_info, save_json
 
-
-def machine_info() -> dict:
-    import scipy
-
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "numpy": np.__version__, "scipy": scipy.__version__}
-    try:
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    return info
+SHAPES = [(20, 200, 200), (40, 400, 400), (80, 800, 800)]
 
 
 def bench_generate(shapes, repeats: int) -> list[dict]:
@@ -110,19 +98,19 @@ def bench_io(repeats: int) -> list[dict]:
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--io", action="store_true", help="also benchmark N5 / zarr v3 reads")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_synthetic.json"))
-    args = parser.parse_args()
-    result = {"machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "generate": bench_generate([(20, 200, 200), (40, 400, 400), (80, 800, 800)], args.repeats)}
+    parser.add_argument("--quick", action="store_true", help="one 20 x 200 x 200 volume, once")
+    parser.add_argument("--out", default=str(RESULTS / "bench_synthetic.json"))
+    args = parser.parse_args(argv)
+    shapes, repeats = (SHAPES[:1], 1) if args.quick else (SHAPES, args.repeats)
+    result = {"benchmark": "synthetic", "machine": machine_info(), "quick": args.quick,
+              "generate": bench_generate(shapes, repeats)}
     if args.io:
-        result["io"] = bench_io(args.repeats)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+        result["io"] = bench_io(repeats)
+    out = save_json(args.out, result)
     print(f"saved {out}")
 
 

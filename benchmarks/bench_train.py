@@ -13,25 +13,20 @@ Presets: ``cpu`` (default without GPU): downsample [[1,3,3],[1,3,3]], fmaps 4 x 
 42 x 430 x 430 (~10.6 M parameters).  Prints the numbers and saves them with the device name to
 ``benchmarks/results/train_<host>.json``.
 
-    python benchmarks/bench_train.py [--preset cpu|synful] [--iterations 10] [--warmup 3] [--xla]
+    python benchmarks/bench_train.py [--preset cpu|synful] [--iterations 10] [--warmup 3] [--xla] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
+from _common import default_out, gpu_info, machine_info, save_json
 
 PRESETS = {
     "cpu": dict(downsample_factors=[(1, 3, 3), (1, 3, 3)], input_shape=(24, 142, 142)),
@@ -88,20 +83,22 @@ def _pipeline_rate(cfg, iterations: int, warmup: int, workdir: Path) -> dict:
             "batches_per_s": round(iterations / dt, 4)}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--xla", action="store_true", help="XLA-compile the training step")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the data-pipeline measurement")
+    ap.add_argument("--quick", action="store_true",
+                    help="preset cpu, 2 iterations after 1 warm-up: checks the set-up, not the speed")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/train_<host>.json)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.preset, args.iterations, args.warmup = "cpu", 2, 1
 
-    import keras
     import tensorflow as tf
 
-    from synful import __version__
     from synful.config import Training
     from synful.models import build_unet, output_shape
     from synful.train import _device_name
@@ -110,10 +107,8 @@ def main() -> int:
     preset = args.preset or ("synful" if gpus else "cpu")
     cfg = Training(**PRESETS[preset], xla=args.xla)
     info = {
-        "benchmark": "train", "synful_version": __version__, "host": socket.gethostname(),
-        "device": _device_name(), "gpu": bool(gpus), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-        "preset": preset, "xla": args.xla, "input_shape": list(cfg.input_shape),
+        "benchmark": "train", "machine": machine_info(), "gpu": gpu_info(), "quick": args.quick,
+        "device": _device_name(), "tf_sees_gpu": bool(gpus), "preset": preset, "xla": args.xla, "input_shape": list(cfg.input_shape),
         "output_shape": list(output_shape(cfg)), "downsample_factors": [list(f) for f in cfg.downsample_factors],
         "fmap_num": cfg.fmap_num, "fmap_inc_factor": cfg.fmap_inc_factor,
         "parameters": int(build_unet(cfg).count_params()), "step": {},
@@ -130,9 +125,7 @@ def main() -> int:
             r = _pipeline_rate(cfg, args.iterations, args.warmup, Path(tmp))
         info["pipeline"] = r
         print(f"pipeline (one process): {r['batches_per_s']:.3f} batches/s", flush=True)
-    out = Path(args.out) if args.out else HERE / "results" / f"train_{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2) + "\n")
+    out = save_json(args.out or default_out("train"), info, indent=2)
     print(f"wrote {out}")
     return 0
 

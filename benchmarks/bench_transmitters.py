@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Transmitter classification on synthetic data: training speed and held-out accuracy.
 
-    python benchmarks/bench_transmitters.py [--iterations 600] [--types acetylcholine glutamate octopamine]
+    python benchmarks/bench_transmitters.py [--iterations 600] [--types acetylcholine glutamate octopamine] [--quick]
 
 Generates a synthetic volume (40 x 8 x 8 nm voxels), imports its synapses,
 makes a skeleton split (70 % train, 30 % test), trains a small VGG3D (input
@@ -11,11 +11,12 @@ makes a skeleton split (70 % train, 30 % test), trains a small VGG3D (input
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import RESULTS, machine_info, save_json
 
 from synful.scaffold import create_predict_setups, create_train_setup
 from synful.transmitters.data import import_collections
@@ -27,13 +28,16 @@ from synful.transmitters.synthetic_export import write_synthetic_dataset
 from synful.transmitters.train import train
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--types", nargs="+", default=["acetylcholine", "glutamate", "octopamine"])
     p.add_argument("--shape", type=int, nargs=3, default=(30, 640, 640))
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_transmitters.json"))
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="a 12 x 320 x 320 volume, 4 iterations")
+    p.add_argument("--out", default=str(RESULTS / "bench_transmitters.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iterations, args.shape = 4, (12, 320, 320)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         t0 = time.perf_counter()
@@ -60,7 +64,7 @@ def main():
         meta = predict(pdir)
         result = evaluate_run(pdir)
     out = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "benchmark": "transmitters", "machine": machine_info(), "quick": args.quick,
         "classes": args.types,
         "volume_shape": list(args.shape),
         "split_counts": split.counts,
@@ -77,9 +81,8 @@ def main():
         "confusion_matrix": result["confusion_matrix"],
     }
     print(json.dumps(out, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    save_json(args.out, out, indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -300,10 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices; set 0 to see them
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if not args.verbose:
+        # per-iteration / per-block chatter of the libraries; our progress bars say the same once
+        for name in ("gunpowder", "daisy", "funlib"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except SynfulError as e:

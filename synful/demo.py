@@ -63,7 +63,7 @@ DEMO_TRAINING = {
     "image_every": 0,
     "log_every": 50,
     "cache_size": 8,
-    "num_workers": 1,
+    "num_workers": 2,
     "seed": 42,
 }
 DEMO_ITERATIONS = 3000

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -61,8 +60,6 @@ _CHECKPOINT_RE = re.compile(r"model_(\d+)\.weights\.h5")
 
 # Synful's elastic augmentation (voxels: control points every 4 sections / 40 pixels, in-plane
 # jitter only), rotation in-plane, occasional slipped / shifted sections.
-ELASTIC = dict(control_point_spacing=(4, 40, 40), jitter_sigma=(0, 2, 2), rotation_interval=(0, math.pi / 2),
-               prob_slip=0.05, prob_shift=0.05, max_misalign=10, subsample=8)
 INTENSITY = dict(scale_min=0.9, scale_max=1.1, shift_min=-0.1, shift_max=0.1)
 DEFECTS = dict(prob_missing=0.03, prob_low_contrast=0.01, contrast_scale=0.5)
 
@@ -318,6 +315,7 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
     import gunpowder as gp
 
     from .gp import AddPartnerVectorMap, AddSynapseIndicator, IterationSnapshot, KerasTrain, PartnerSource
+    from .gp.augment import anisotropic_elastic_augment
     from .models import RAW_SCALE, RAW_SHIFT, head_names, output_shape
 
     k = Keys()
@@ -341,7 +339,7 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
         sources.append(src)
     pipeline = tuple(sources) + gp.RandomProvider()
     if cfg.elastic_augment:
-        pipeline += gp.ElasticAugment(**ELASTIC)
+        pipeline += anisotropic_elastic_augment(cfg.input_shape)
     if cfg.simple_augment:
         pipeline += gp.SimpleAugment(mirror_only=[1, 2], transpose_only=[1, 2])
     if cfg.intensity_augment:

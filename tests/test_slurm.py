@@ -138,7 +138,6 @@ def test_sbatch_refusal_is_one_clear_error(slurm_cluster, tmp_path):
 # acceptance: training, prediction and extraction with Slurm workers
 # --------------------------------------------------------------------------------------
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402

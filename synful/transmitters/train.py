@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -133,6 +132,8 @@ def build_pipeline(cfg, raw, synapses_by_class: dict[int, list[dict]], raw_key, 
     """
     import gunpowder as gp
 
+    from ..gp.augment import anisotropic_elastic_augment
+
     ClassLabel = _class_label_node()
     branches = []
     for label, synapses in sorted(synapses_by_class.items()):
@@ -143,9 +144,7 @@ def build_pipeline(cfg, raw, synapses_by_class: dict[int, list[dict]], raw_key, 
              + gp.Pad(raw_key, None)
              + gp.SpecifiedLocation([synapse_location(s) for s in synapses], choose_randomly=True))
         if cfg.elastic_augment:
-            # anisotropic: deform and rotate in-plane, z control points one per 4 sections
-            b += gp.ElasticAugment(control_point_spacing=(4, 40, 40), jitter_sigma=(0, 2, 2),
-                                   rotation_interval=(0, math.pi / 2), subsample=8)
+            b += anisotropic_elastic_augment(cfg.input_shape)
         if cfg.simple_augment:
             b += gp.SimpleAugment(transpose_only=(1, 2), mirror_only=(1, 2))
         if cfg.intensity_augment:
