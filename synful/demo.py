@@ -54,7 +54,7 @@ DEMO_TRAINING = {
     "vector_scale": 100.0,
     "blob_radius": 100.0,
     "d_blob_radius": 120.0,
-    "d_loss_scale": 0.001,
+    "d_loss_scale": 0.00001,
     "learning_rate": 3e-4,
     "reject_probability": 0.9,
     "checkpoint_every": 500,

@@ -153,3 +153,39 @@ def test_tiny_radius_paints_only_the_site_voxel(radius):
     expected = 1 if radius == 0 else 5  # the site voxel, plus its 4 in-plane neighbours at 4 nm
     assert batch[IND].data.sum() == expected and batch[MASK].data.sum() == expected
     np.testing.assert_allclose(batch[VEC].data[:, 5, 20, 20], [0, 0, 40])
+
+
+def test_elastic_augment_keeps_partner_graphs_on_thin_inputs():
+    """A thin input (8 sections) must not collapse the deformation grid and lose the partner sites."""
+    import gunpowder as gp
+    from funlib.persistence import Array
+
+    from synful.gp import PartnerSource
+    from synful.gp.augment import anisotropic_elastic_augment, elastic_subsample
+    from synful.io.partners import empty_partners
+
+    assert elastic_subsample((8, 148, 148)) == 2 and elastic_subsample((42, 430, 430)) == 8
+    vs = (40, 8, 8)
+    request_roi = gp.Roi((0, 200, 200), (320, 1184, 1184))
+    centre = np.array(request_roi.center, dtype=float)
+    p = empty_partners(1)
+    p[0]["post_z"], p[0]["post_y"], p[0]["post_x"] = centre.astype(int)
+    p[0]["pre_z"], p[0]["pre_y"], p[0]["pre_x"] = centre.astype(int) + (0, 80, 0)
+    raw = Array(np.random.default_rng(0).integers(0, 255, (20, 300, 300), dtype=np.uint8), offset=(0, 0, 0),
+                voxel_size=vs)
+    raw_key, pre, post = gp.ArrayKey("RAW_T"), gp.GraphKey("PRE_T"), gp.GraphKey("POST_T")
+    pipeline = ((gp.ArraySource(raw_key, raw, interpolatable=True) + gp.Pad(raw_key, None)),
+                PartnerSource(p, pre, post)) + gp.MergeProvider()
+    pipeline += anisotropic_elastic_augment((8, 148, 148))
+    request = gp.BatchRequest()
+    request[raw_key] = gp.ArraySpec(roi=request_roi)
+    request[post] = gp.GraphSpec(roi=request_roi)
+    request[pre] = gp.GraphSpec(roi=request_roi)
+    with gp.build(pipeline):
+        for _ in range(5):
+            batch = pipeline.request_batch(request)
+            assert batch[raw_key].data.shape == (8, 148, 148)
+            posts = list(batch[post].nodes)
+            assert len(posts) == 1  # the site at the centre survives rotation and jitter
+            assert np.linalg.norm(np.asarray(posts[0].location, float) - centre) < 150
+            assert len(list(batch[pre].nodes)) == 1
