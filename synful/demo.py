@@ -55,9 +55,9 @@ DEMO_TRAINING = {
     "blob_radius": 100.0,
     "d_blob_radius": 120.0,
     "d_loss_scale": 0.00001,
-    "learning_rate": 3e-4,
+    "learning_rate": 1e-3,
     "reject_probability": 0.9,
-    "checkpoint_every": 500,
+    "checkpoint_every": 1000,
     "keep_checkpoints": 2,
     "snapshot_every": 0,
     "image_every": 0,
@@ -66,7 +66,7 @@ DEMO_TRAINING = {
     "num_workers": 2,
     "seed": 42,
 }
-DEMO_ITERATIONS = 3000
+DEMO_ITERATIONS = 8000
 
 DEMO_PREDICTION = {
     "input_shape": (8, 244, 244),
