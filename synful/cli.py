@@ -245,7 +245,7 @@ def _run_show(args) -> int:
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the whole workflow on synthetic data: data, scaffold, predict, extract, "
                                     "evaluate (shipped model, or --train)")
-    p.add_argument("--dir", default=None, help="experiments base directory (default: experiments/ of the source tree)")
+    p.add_argument("--dir", default=None, help="experiments base directory (default: ./experiments)")
     p.add_argument("--train", action="store_true", help="train the demo network from scratch instead of using "
                                                         "the shipped model")
     p.add_argument("--iterations", type=int, default=None, help="training iterations with --train")

@@ -187,7 +187,7 @@ def _slice_png(run: Path, test_container: Path, best: dict) -> Path:
 
 def run_demo(base_dir=None, *, train: bool = False, iterations: int | None = None, quick: bool = False,
              workers: int = 2) -> dict:
-    """Run the demo under ``base_dir`` (default: ``experiments/`` of the source tree); return the best result.
+    """Run the demo under ``base_dir`` (default: ``./experiments``); return the best result.
 
     ``quick`` predicts a smaller held-out volume (CI); ``train`` trains the
     network from scratch instead of using the shipped model.  Returns the
@@ -197,7 +197,7 @@ def run_demo(base_dir=None, *, train: bool = False, iterations: int | None = Non
     from .extract import extract
     from .predict import predict
 
-    base = Path(base_dir) if base_dir is not None else Path(__file__).resolve().parent.parent / "experiments"
+    base = Path(base_dir) if base_dir is not None else Path.cwd() / "experiments"
     base = base.resolve()
     iterations = iterations or DEMO_ITERATIONS
     test_container = _data(base, train=train, quick=quick)
