@@ -49,6 +49,8 @@ import subprocess
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -444,7 +446,7 @@ def check_worker(worker_cfg: Worker) -> Worker:
 # jobs
 # --------------------------------------------------------------------------------------
 
-class JobHandle:
+class JobHandle(ABC):
     """A started job: ``job_id``, ``stdout``/``stderr`` log paths, ``wait()``, ``done()``, ``cancel()``."""
 
     job_id: str
@@ -453,21 +455,25 @@ class JobHandle:
     stdout: Path
     stderr: Path
 
+    @abstractmethod
     def wait(self) -> int:
         """Block until the job ends; its exit code (0 = success)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def done(self) -> bool:
         """True once the job has ended (successfully or not)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def cancel(self) -> None:
         """Stop the job (no-op when it has ended)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def state(self) -> str:
         """RUNNING, PENDING, COMPLETED, FAILED, CANCELLED, ... (Slurm vocabulary)."""
-        raise NotImplementedError
+        ...
 
     def record(self) -> dict:
         return {"name": self.name, "job_id": self.job_id, "executor": self.executor,
@@ -517,10 +523,8 @@ class LocalJob(JobHandle):
                 break
             time.sleep(0.05)
         else:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._proc.wait()
 
     def record(self) -> dict:
@@ -577,10 +581,8 @@ class SlurmJob(JobHandle):
 
     def _result_ready(self) -> bool:
         p = self._job.paths.result_pickle
-        try:  # refresh the directory entry on network file systems
+        with suppress(OSError):  # refresh the directory entry on network file systems
             p.parent.chmod(p.parent.stat().st_mode)
-        except OSError:
-            pass
         return p.exists()
 
     def state(self) -> str:
@@ -739,10 +741,8 @@ def run(worker_cfg: Worker, argv: Sequence[str], *, name: str, log_dir, env: Opt
         raise KeyboardInterrupt(f"signal {signum}")
 
     old = None
-    try:
+    with suppress(ValueError):  # not the main thread: no handler, the caller owns cancellation
         old = signal.signal(signal.SIGTERM, _term)
-    except ValueError:  # not the main thread: no handler, the caller owns cancellation
-        pass
     try:
         return handle.wait()
     except BaseException:

@@ -33,6 +33,8 @@ import os
 import re
 import sqlite3
 import time
+from abc import ABC, abstractmethod
+from contextlib import suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -92,7 +94,7 @@ def _roi_bounds(roi):
     return begin, end
 
 
-class Store:
+class Store(ABC):
     """A collection of partners: create, write per block, query, count, iterate, export, drop.
 
     Subclasses implement the backend; every method takes and returns
@@ -104,29 +106,35 @@ class Store:
     name: str = ""
     collection: str = ""
 
+    @abstractmethod
     def create(self) -> None:
         """Create the collection and its indexes; idempotent."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write_block(self, block_id: int, partners: np.ndarray) -> None:
         """Replace everything block ``block_id`` wrote with ``partners`` (ids unique)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def query(self, roi=None) -> np.ndarray:
         """Partners whose post site lies in ``roi`` (a funlib Roi in nm; None: all), sorted by id."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def count(self) -> int:
         """Number of partners in the collection (0 if it does not exist)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def block_ids(self) -> np.ndarray:
         """Sorted ids of the blocks that wrote at least one partner."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def drop(self) -> None:
         """Delete the collection and everything in it."""
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         """Release the connection."""
@@ -314,10 +322,8 @@ class MongoStore(Store):
         def make():
             db = self._client[self.database]
             if self.collection not in db.list_collection_names():
-                try:
+                with suppress(pymongo.errors.CollectionInvalid):  # created meanwhile by another worker
                     db.create_collection(self.collection)
-                except pymongo.errors.CollectionInvalid:  # created meanwhile by another worker
-                    pass
             self._col.create_index([("block_id", pymongo.ASCENDING)])
             self._col.create_index([("post_z", pymongo.ASCENDING), ("post_y", pymongo.ASCENDING),
                                     ("post_x", pymongo.ASCENDING)])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +94,9 @@ def volume_format(container, dataset: str | None = None) -> str:
     if p.is_dir():
         attrs = p / "attributes.json"
         if attrs.is_file():
-            try:
+            with suppress(json.JSONDecodeError, OSError):
                 if "n5" in json.loads(attrs.read_text()):
                     return "n5"
-            except (json.JSONDecodeError, OSError):
-                pass
         for probe in [p] + ([p / dataset] if dataset else []):
             if (probe / "zarr.json").is_file():
                 return "zarr3"

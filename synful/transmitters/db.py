@@ -150,7 +150,7 @@ class DocumentStore(ABC):
         yield
 
     def close(self):
-        pass
+        """Release the connection (a no-op where there is nothing to release)."""
 
     def __enter__(self):
         return self
