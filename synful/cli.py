@@ -102,10 +102,24 @@ def _add_predict(sub):
     p.add_argument("--submit", action="store_true", help="run the workers as Slurm jobs (executor = slurm); "
                                                          "the scheduler stays in this process")
     p.set_defaults(func=_run_predict)
-    # internal: what a local subprocess or a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
-    w = sub.add_parser("predict-worker")
+    _add_block_worker(sub, "predict-worker", "predict")
+
+
+def _add_block_worker(sub, name: str, stage: str):
+    """An internal ``<stage>-worker PREDICT_DIR`` command: what a local subprocess or a cluster job runs.
+
+    The worker connects to the daisy scheduler named in ``$DAISY_CONTEXT`` and calls
+    ``synful.<stage>.run_worker``.
+    """
+    def run(args) -> int:
+        import importlib
+
+        importlib.import_module(f"{__package__}.{stage}").run_worker(args.predict_dir)
+        return 0
+
+    w = sub.add_parser(name)
     w.add_argument("predict_dir", metavar="PREDICT_DIR")
-    w.set_defaults(func=_run_predict_worker)
+    w.set_defaults(func=run)
 
 
 def _run_predict(args) -> int:
@@ -116,13 +130,6 @@ def _run_predict(args) -> int:
     b = meta["blocks"]
     print(f"predicted {b['total']} blocks ({b['skipped']} already done) in {meta['wall_seconds']:.1f} s, "
           f"{(meta['voxels_per_second'] or 0) / 1e6:.3f} Mvoxel/s; outputs in {meta['config']['out_container']}")
-    return 0
-
-
-def _run_predict_worker(args) -> int:
-    from .predict import run_worker
-
-    run_worker(args.predict_dir)
     return 0
 
 
@@ -137,10 +144,7 @@ def _add_extract(sub):
     p.add_argument("--submit", action="store_true", help="run the workers as Slurm jobs (executor = slurm); "
                                                          "the scheduler stays in this process")
     p.set_defaults(func=_run_extract)
-    # internal: what a cluster job runs; connects to the scheduler in $DAISY_CONTEXT
-    w = sub.add_parser("extract-worker")
-    w.add_argument("predict_dir", metavar="PREDICT_DIR")
-    w.set_defaults(func=_run_extract_worker)
+    _add_block_worker(sub, "extract-worker", "extract")
     e = sub.add_parser("export", help="write a run's partners to FAFB benchmark JSON (.json) or CSV (.csv)")
     e.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory")
     e.add_argument("out", metavar="OUT", help="output file, .json or .csv")
@@ -154,13 +158,6 @@ def _run_extract(args) -> int:
                 multiprocessing=not args.serial, executor="slurm" if args.submit else None)
     print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks, "
           f"{s['blocks_skipped']} already done); score histogram {s['histogram']}")
-    return 0
-
-
-def _run_extract_worker(args) -> int:
-    from .extract import run_worker
-
-    run_worker(args.predict_dir)
     return 0
 
 
