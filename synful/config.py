@@ -102,6 +102,10 @@ class Training:
     downsample_factors: list[Int3] = key([(1, 3, 3), (1, 3, 3), (3, 3, 3)],
                                          "downsampling factor per level, voxels (z, y, x) each", minimum=1)
     kernel_size: Int3 = key((3, 3, 3), "convolution kernel shape, voxels (z, y, x)", minimum=1)
+    level_kernel_sizes: list[Int3] = key([], "kernel shape per U-Net level, top level first, bottom level last "
+                                             "(one more than downsample_factors), e.g. (1, 3, 3) at fine levels and "
+                                             "(3, 3, 3) at coarse ones for cheap z context; empty: kernel_size at "
+                                             "every level", minimum=1)
     num_convs: int = key(2, "convolutions per U-Net level and side", minimum=1)
     upsampling: str = key("transposed_conv", "upsampling mode: transposed_conv or nearest",
                           choices=("transposed_conv", "nearest"))
@@ -418,6 +422,8 @@ def _parse_value(tp, text: str):
     if origin is list:
         inner = typing.get_args(tp)[0]
         if typing.get_origin(inner) is tuple:
+            if text.strip() in ("", "[]"):
+                return []
             try:
                 value = ast.literal_eval(text.strip())
             except (ValueError, SyntaxError):
@@ -448,7 +454,9 @@ def _format_value(value) -> str:
     if isinstance(value, tuple):
         return ", ".join(_format_value(v) for v in value)
     if isinstance(value, list):
-        if value and isinstance(value[0], tuple):
+        if not value:
+            return "[]"
+        if isinstance(value[0], tuple):
             return "[" + ", ".join("[" + ", ".join(str(x) for x in v) + "]" for v in value) + "]"
         return ", ".join(_format_value(v) for v in value)
     if isinstance(value, float):

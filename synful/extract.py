@@ -22,7 +22,7 @@ Method (``[Extraction]`` of predict_config.ini):
 3. score: ``sum``, ``mean``, ``max`` or ``count`` of the component's
    probabilities.
 4. pre site: post site plus the partner vector at the post site (``point``)
-   or the component's mean vector (``mean``), snapped to the nearest voxel.
+   or the component's mean vector (``mean``), rounded to whole nm.
 5. filters: ``score >= score_thr``, ``min_distance <= |pre - post| <=
    max_distance``; segment ids looked up at both sites when a segmentation is
    configured (NO_ID outside it), optionally dropping same-segment pairs.
@@ -263,8 +263,9 @@ def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset
         vec = np.stack([np.bincount(m_lab, weights=vectors[c].ravel()[m_flat].astype(np.float64),
                                     minlength=n + 1)[1:] for c in range(3)], axis=1) / m_counts[:, None]
     vec = vec * float(vectors_scale)
-    # snap to the voxel grid of the arrays; floor(x + 0.5) rounds halves up, the same in every block
-    pre_nm = offset + np.floor((post_nm + vec - offset) / voxel_size + 0.5).astype(np.int64) * voxel_size
+    # round to whole nm (halves up, the same in every block); snapping to the voxel grid instead would
+    # move a pre site that lies at a voxel centre into the next voxel and often into the next neuron
+    pre_nm = np.floor(post_nm + vec + 0.5).astype(np.int64)
 
     keep = np.ones(n, dtype=bool)
     if roi is not None:

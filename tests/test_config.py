@@ -27,6 +27,7 @@ def test_defaults_roundtrip(tmp_path):
     cfg = read_train_config(p)
     assert cfg.voxel_size == (40, 4, 4)
     assert cfg.downsample_factors == [(1, 3, 3), (1, 3, 3), (3, 3, 3)]
+    assert cfg.level_kernel_sizes == []  # written as "[]" in the template
     assert cfg.adam_beta1 == 0.95 and cfg.adam_epsilon == 1e-8
     # relative paths resolve against the ini file's folder
     assert cfg.manifest == str((tmp_path / "../../01_data/manifest.yaml").resolve())
@@ -39,6 +40,8 @@ def test_values_parse(tmp_path):
     assert cfg.fmap_num == 12 and cfg.voxel_size == (8, 8, 8)
     assert cfg.downsample_factors == [(1, 2, 2), (2, 2, 2)]
     assert cfg.xla is True and cfg.learning_rate == 1e-4
+    p = _train_ini(tmp_path / "levels", "[Training]\nlevel_kernel_sizes = [[1,3,3], [3,3,3]]\n")
+    assert read_train_config(p).level_kernel_sizes == [(1, 3, 3), (3, 3, 3)]
 
 
 @pytest.mark.parametrize("line, key, fragment", [

@@ -44,14 +44,14 @@ def test_cc_edt_sum_exact():
     b = np.zeros(ind.shape, bool)
     b[12:15, 25:30, 20:23] = True  # a box: EDT ties, the first voxel in (z, y, x) order wins
     ind[a], ind[b] = 0.75, 0.625
-    vec[:, a] = np.array([13, -41, 22])[:, None]  # snapped to (16, -40, 24)
+    vec[:, a] = np.array([13.4, -41.5, 22.5])[:, None]  # rounded to whole nm: (13, -41, 23)
     vec[:, b] = np.array([-16, 8, 100])[:, None]
     offset = (80, 40, -20)
     p = find_partners(ind, vec, VS, offset, cfg())
     assert len(p) == 2
     pa = p[p["post_z"] == 80 + 6 * 8][0]
     assert (pa["post_z"], pa["post_y"], pa["post_x"]) == (128, 40 + 48, -20 + 48)
-    assert (pa["pre_z"], pa["pre_y"], pa["pre_x"]) == (128 + 16, 88 - 40, 28 + 24)
+    assert (pa["pre_z"], pa["pre_y"], pa["pre_x"]) == (128 + 13, 88 - 41, 28 + 23)
     assert pa["score"] == 0.75 * a.sum()
     pb = p[p["post_z"] != 128][0]
     # box 3 x 5 x 3 voxels: largest distance 8 nm, first reached at z=12 (z-distance 8), y=26..28, x=21
@@ -78,7 +78,7 @@ def test_loc_max_score_types_vector_mean():
     p = find_partners(ind, vec, VS, (0, 0, 0), cfg(loc_type="max", score_type="count", vector_type="mean"))
     assert p[0]["score"] == n
     mean_y = 40 * (n - 1) / n
-    assert p[0]["pre_y"] == 52 + 4 * np.floor(mean_y / 4 + 0.5)
+    assert p[0]["pre_y"] == 52 + np.floor(mean_y + 0.5)
     p = find_partners(ind, vec, VS, (0, 0, 0), cfg(score_type="mean"))
     assert p[0]["score"] == pytest.approx((0.6 * (n - 1) + 0.9) / n)
 

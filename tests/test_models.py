@@ -58,6 +58,37 @@ def test_nearest_valid_sizes_are_valid():
         output_shape(cfg, (42, s, 430))
 
 
+def test_level_kernel_sizes_give_z_context_at_coarse_levels_only():
+    # z shrinks by 2 * 2 per 3D level and side: bottom (4) + level 1 down and up (8)
+    cfg = tiny(level_kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], input_shape=(24, 60, 60))
+    assert output_shape(cfg) == (12, 20, 20)
+    model = build_unet(cfg)
+    kernels = {layer.name: tuple(layer.kernel.shape[:3]) for layer in model.layers if layer.name.endswith("conv0")}
+    assert kernels["enc0_conv0"] == (1, 3, 3) and kernels["dec0_conv0"] == (1, 3, 3)
+    assert kernels["enc1_conv0"] == (3, 3, 3) and kernels["bottom_conv0"] == (3, 3, 3)
+    assert tuple(model(np.zeros((1, 24, 60, 60, 1), np.float32))["syn_indicator"].shape) == (1, 12, 20, 20, 1)
+    # the per-level kernels replace kernel_size: the same network whatever kernel_size says
+    assert output_shape(tiny(level_kernel_sizes=cfg.level_kernel_sizes, kernel_size=(5, 5, 5),
+                             input_shape=(24, 60, 60))) == (12, 20, 20)
+
+
+@pytest.mark.parametrize("kernels, fragment", [
+    ([(1, 3, 3), (3, 3, 3)], "level_kernel_sizes: needs 3 kernel shapes"),
+    ([(1, 3, 3), (3, 3, 3), (2, 3, 3)], "level_kernel_sizes: needs 3 odd positive integers (z, y, x), got (2, 3, 3)"),
+])
+def test_bad_level_kernel_sizes_raise_naming_the_key(kernels, fragment):
+    with pytest.raises(ConfigError) as e:
+        output_shape(tiny(level_kernel_sizes=kernels))
+    assert fragment in str(e.value)
+
+
+def test_too_thin_input_for_level_kernels_names_them():
+    with pytest.raises(ConfigError) as e:
+        output_shape(tiny(level_kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], input_shape=(12, 60, 60)))
+    assert "level_kernel_sizes [[1, 3, 3], [3, 3, 3], [3, 3, 3]]" in str(e.value)
+    assert "nearest valid z sizes: 13, 14" in str(e.value)
+
+
 def test_dh_unet_needs_both_tasks():
     with pytest.raises(ConfigError, match="dh_unet needs tasks = both"):
         output_shape(tiny(unet_model="dh_unet", tasks="indicator"))

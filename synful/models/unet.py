@@ -28,6 +28,7 @@ __all__ = [
     "HEADS",
     "RAW_SCALE",
     "RAW_SHIFT",
+    "level_kernels",
     "normalize_raw",
     "output_shape",
     "valid_input_sizes",
@@ -64,25 +65,56 @@ def head_names(cfg: Training) -> tuple[str, ...]:
             "vectors": ("partner_vectors",)}[cfg.tasks]
 
 
-def _axis_sizes(size: int, axis: int, factors, kernel: int, num_convs: int):
-    """Walk one axis through the U-Net; return (output size, None) or (None, reason)."""
-    shrink = num_convs * (kernel - 1)
+def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int):
+    """Walk one axis through the U-Net; return (output size, None) or (None, reason).
+
+    ``kernels``: one kernel shape (z, y, x) per level, top first, bottom last.
+    """
+    shrink = [num_convs * (k[axis] - 1) for k in kernels]
     s = size
     for level, f in enumerate(factors):
-        s -= shrink
+        s -= shrink[level]
         if s < 1:
             return None, f"the convolutions of level {level} leave no voxels"
         if s % f[axis]:
             return None, (f"level {level} has {s} voxels, not divisible by its downsample factor {f[axis]}")
         s //= f[axis]
-    s -= shrink
+    s -= shrink[len(factors)]
     if s < 1:
         return None, "the convolutions of the bottom level leave no voxels"
     for level in reversed(range(len(factors))):
-        s = s * factors[level][axis] - shrink
+        s = s * factors[level][axis] - shrink[level]
         if s < 1:
             return None, f"the upsampling path of level {level} leaves no voxels"
     return s, None
+
+
+def level_kernels(cfg: Training) -> list[tuple[int, int, int]]:
+    """The convolution kernel shape (z, y, x) of every U-Net level, top first, bottom last.
+
+    ``level_kernel_sizes`` when given (one per level: ``len(downsample_factors) + 1``), else
+    ``kernel_size`` at every level.  Raises ConfigError naming the key for a wrong count or an even
+    or non-positive size.
+    """
+    n = len(cfg.downsample_factors) + 1
+    if cfg.level_kernel_sizes:
+        kernels, name = [tuple(int(v) for v in k) for k in cfg.level_kernel_sizes], "level_kernel_sizes"
+        if len(kernels) != n:
+            raise ConfigError(f"[Training] level_kernel_sizes: needs {n} kernel shapes (one per level: "
+                              f"len(downsample_factors) + 1), got {len(kernels)}")
+    else:
+        kernels, name = [tuple(int(v) for v in cfg.kernel_size)] * n, "kernel_size"
+    for k in kernels:
+        if len(k) != 3 or min(k) < 1 or any(v % 2 == 0 for v in k):
+            # odd kernels keep the output centred on the input (the context is whole voxels on each side)
+            raise ConfigError(f"[Training] {name}: needs 3 odd positive integers (z, y, x), got {k}")
+    return kernels
+
+
+def _kernel_desc(cfg: Training) -> str:
+    if cfg.level_kernel_sizes:
+        return f"level_kernel_sizes {[list(k) for k in cfg.level_kernel_sizes]}"
+    return f"kernel_size {tuple(cfg.kernel_size)}"
 
 
 def _check_architecture(cfg: Training):
@@ -91,10 +123,7 @@ def _check_architecture(cfg: Training):
         if len(f) != 3 or min(f) < 1:
             raise ConfigError(f"[Training] downsample_factors: each factor needs 3 positive integers (z, y, x), "
                               f"got {list(f)}")
-    if len(cfg.kernel_size) != 3 or min(cfg.kernel_size) < 1 or any(k % 2 == 0 for k in cfg.kernel_size):
-        # odd kernels keep the output centred on the input (the context is whole voxels on each side)
-        raise ConfigError(f"[Training] kernel_size: needs 3 odd positive integers (z, y, x), "
-                          f"got {tuple(cfg.kernel_size)}")
+    level_kernels(cfg)
     if cfg.unet_model == "dh_unet" and cfg.tasks != "both":
         raise ConfigError(f"[Training] unet_model = dh_unet needs tasks = both (one decoder per task), "
                           f"got tasks = {cfg.tasks}")
@@ -104,10 +133,11 @@ def _check_architecture(cfg: Training):
 def valid_input_sizes(cfg: Training, axis: int, near: int, count: int = 2) -> list[int]:
     """Up to ``count`` input sizes along ``axis`` (0=z, 1=y, 2=x) nearest to ``near`` that the network accepts."""
     factors = _check_architecture(cfg)
+    kernels = level_kernels(cfg)
     found = []
     for delta in range(0, 10 * max(near, 100)):
         for s in sorted({near - delta, near + delta}):
-            if s >= 1 and _axis_sizes(s, axis, factors, cfg.kernel_size[axis], cfg.num_convs)[0] is not None:
+            if s >= 1 and _axis_sizes(s, axis, factors, kernels, cfg.num_convs)[0] is not None:
                 found.append(s)
         if len(found) >= count:
             break
@@ -118,7 +148,7 @@ def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tup
     """Output shape in voxels (z, y, x) of the U-Net of ``cfg`` for ``input_shape`` (default ``cfg.input_shape``).
 
     Raises :class:`~synful.config.ConfigError` naming ``input_shape``, ``downsample_factors``,
-    ``kernel_size`` and ``num_convs`` (with the nearest valid input sizes) when some axis cannot
+    ``kernel_size`` (or ``level_kernel_sizes``) and ``num_convs`` (with the nearest valid input sizes) when some axis cannot
     pass the network: a level whose size is not divisible by its downsample factor, or
     convolutions that leave no voxels.  Also rejects ``unet_model = dh_unet`` without
     ``tasks = both``.  Runs no TensorFlow.
@@ -127,15 +157,16 @@ def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tup
     shape = tuple(int(s) for s in (cfg.input_shape if input_shape is None else input_shape))
     if len(shape) != 3:
         raise ConfigError(f"[Training] input_shape: needs 3 sizes (z, y, x), got {shape}")
+    kernels = level_kernels(cfg)
     out = []
     for axis, size in enumerate(shape):
-        s, reason = _axis_sizes(size, axis, factors, cfg.kernel_size[axis], cfg.num_convs)
+        s, reason = _axis_sizes(size, axis, factors, kernels, cfg.num_convs)
         if s is None:
             near = valid_input_sizes(cfg, axis, size)
             hint = f"; nearest valid {_AXES[axis]} sizes: {', '.join(map(str, near))}" if near else ""
             raise ConfigError(
                 f"[Training] input_shape {shape} does not fit downsample_factors "
-                f"{[list(f) for f in factors]}, kernel_size {tuple(cfg.kernel_size)} and num_convs "
+                f"{[list(f) for f in factors]}, {_kernel_desc(cfg)} and num_convs "
                 f"{cfg.num_convs}: along {_AXES[axis]}, {reason}{hint}")
         out.append(s)
     return tuple(out)
@@ -149,11 +180,12 @@ def _fmaps(cfg: Training, level: int) -> int:
     return int(cfg.fmap_num * cfg.fmap_inc_factor ** level)
 
 
-def _conv_pass(x, fmaps: int, cfg: Training, name: str, dtype):
+def _conv_pass(x, fmaps: int, cfg: Training, level: int, name: str, dtype):
     from keras import layers
 
+    kernel = level_kernels(cfg)[level]
     for i in range(cfg.num_convs):
-        x = layers.Conv3D(fmaps, tuple(cfg.kernel_size), padding="valid", activation="relu",
+        x = layers.Conv3D(fmaps, kernel, padding="valid", activation="relu",
                           name=f"{name}_conv{i}", dtype=dtype)(x)
     return x
 
@@ -184,7 +216,7 @@ def _decoder(x, skips, cfg: Training, prefix: str, dtype):
             x = layers.Conv3D(fm, 1, name=f"{prefix}up{level}_conv", dtype=dtype)(x)
         skip = _center_crop(skips[level], x.shape[1:4], name=f"{prefix}crop{level}")
         x = layers.Concatenate(axis=-1, name=f"{prefix}concat{level}", dtype=dtype)([skip, x])
-        x = _conv_pass(x, fm, cfg, f"{prefix}dec{level}", dtype)
+        x = _conv_pass(x, fm, cfg, level, f"{prefix}dec{level}", dtype)
     return x
 
 
@@ -225,10 +257,11 @@ def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
     raw = keras.Input(shape=(*shape, 1), name="raw", dtype="float32")
     x, skips = raw, []
     for level, f in enumerate(cfg.downsample_factors):
-        x = _conv_pass(x, _fmaps(cfg, level), cfg, f"enc{level}", dtype)
+        x = _conv_pass(x, _fmaps(cfg, level), cfg, level, f"enc{level}", dtype)
         skips.append(x)
         x = layers.MaxPooling3D(tuple(f), strides=tuple(f), padding="valid", name=f"down{level}", dtype=dtype)(x)
-    bottom = _conv_pass(x, _fmaps(cfg, len(cfg.downsample_factors)), cfg, "bottom", dtype)
+    bottom = _conv_pass(x, _fmaps(cfg, len(cfg.downsample_factors)), cfg, len(cfg.downsample_factors), "bottom",
+                        dtype)
 
     heads = head_names(cfg)
     if cfg.unet_model == "dh_unet":
