@@ -196,6 +196,9 @@ class Extraction:
     seg_container: Optional[str] = key(None, "segmentation container for pre/post segment ids; None: no lookup", path=True)
     seg_dataset: str = key("volumes/labels/neuron_ids", "segmentation dataset inside seg_container")
     remove_same_segment: bool = key(False, "drop partners whose pre and post segment ids are equal")
+    split_by_segment: bool = key(False, "cc: split indicator components where seg_container changes segment, so "
+                                        "the post sites of one synapse in touching neurons stay apart (needs "
+                                        "seg_container at the voxel size of the predictions)")
     store_url: str = key("sqlite:///partners.sqlite", "result store: sqlite:///path (relative to the run dir) or mongodb://host:port")
     database: str = key("synful", "database name (MongoDB)")
     collection: Optional[str] = key(None, "result collection; None: partners_<exp>_t<T>_p<P>")

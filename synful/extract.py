@@ -128,10 +128,15 @@ def _edt_maxima(labels: np.ndarray, n: int, voxel_size) -> np.ndarray:
     return out
 
 
-def _cc_candidates(prob, mask, voxel_size, cfg):
+def _cc_candidates(prob, mask, voxel_size, cfg, segments=None):
     import cc3d
 
-    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    if segments is not None:
+        # multi-label components: voxels of different segments never join (segment 0 still counts)
+        labels, n = cc3d.connected_components(np.where(mask, segments.astype(np.uint64) + np.uint64(1), 0),
+                                              connectivity=26, return_N=True)
+    else:
+        labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
     if n == 0:
         return None
     fg = np.flatnonzero(labels)
@@ -155,7 +160,7 @@ def _cc_candidates(prob, mask, voxel_size, cfg):
     return post_flat, sums, counts, maxima, touching, members
 
 
-def _nms_candidates(prob, mask, voxel_size, cfg):
+def _nms_candidates(prob, mask, voxel_size, cfg, segments=None):
     radius = np.asarray(cfg.nms_radius, dtype=float) / np.asarray(voxel_size, dtype=float)
     fp = _ellipsoid(radius)
     maxf = ndimage.maximum_filter(prob, footprint=fp, mode="constant", cval=0.0)
@@ -213,7 +218,8 @@ def _lookup_segments(segmentation, points_nm: np.ndarray) -> np.ndarray:
 
 
 def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset, cfg, *, roi=None,
-                  segmentation=None, vectors_scale: float = 1.0, stats: dict | None = None) -> np.ndarray:
+                  segmentation=None, segments=None, vectors_scale: float = 1.0,
+                  stats: dict | None = None) -> np.ndarray:
     """Partners from one block's predictions.
 
     Args:
@@ -226,6 +232,8 @@ def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset
         roi: funlib Roi (nm); keep only partners whose post site lies in it (None: all).
         segmentation: a funlib.persistence Array of segment ids for pre/post ids (None: ids stay NO_ID
             unless ``cfg.remove_same_segment`` needs them).
+        segments: (z, y, x) segment ids on the grid of ``indicator`` (any integer dtype); with
+            ``method = cc``, components are split where the segment changes (``split_by_segment``).
         stats: optional dict, filled with ``candidates`` (components), ``truncated`` (kept partners whose
             component touches the array border: the block context was too small) and ``filtered``.
 
@@ -244,7 +252,9 @@ def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset
     st = {"candidates": 0, "truncated": 0, "filtered": 0}
     if stats is not None:
         stats.update(st)
-    found = (_cc_candidates if cfg.method == "cc" else _nms_candidates)(prob, mask, voxel_size, cfg) \
+    if segments is not None and np.shape(segments) != prob.shape:
+        raise ExtractionError(f"segments must have the shape of the indicator {prob.shape}, got {np.shape(segments)}")
+    found = (_cc_candidates if cfg.method == "cc" else _nms_candidates)(prob, mask, voxel_size, cfg, segments) \
         if mask.any() else None
     if found is None:
         return empty_partners(0)
@@ -347,6 +357,14 @@ class _Run:
         self.segmentation = None
         if self.cfg.seg_container is not None:
             self.segmentation, _ = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation")
+        if self.cfg.split_by_segment:
+            where = f"{self.predict_dir / 'predict_config.ini'} [Extraction] split_by_segment"
+            if self.segmentation is None:
+                raise ExtractionError(f"{where}: needs seg_container")
+            if self.segmentation.voxel_size != self.indicator.voxel_size:
+                raise ExtractionError(
+                    f"{where}: {self.cfg.seg_container}/{self.cfg.seg_dataset} has voxel size "
+                    f"{tuple(self.segmentation.voxel_size)}, the predictions {tuple(self.indicator.voxel_size)}")
         self._store_factory = functools.partial(store_from_config, self.cfg, self.predict_dir)
         self._store = None
 
@@ -389,10 +407,12 @@ def process_block(predict_dir, block) -> dict:
     ind = run.indicator.to_ndarray(read_roi, fill_value=0)
     prob = ind.astype(np.float32) * np.float32(run.indicator_scale)
     vec = run.vectors.to_ndarray(read_roi, fill_value=0)
+    segments = run.segmentation.to_ndarray(read_roi, fill_value=0) if run.cfg.split_by_segment else None
     write_roi = block.write_roi.intersect(run.indicator.roi)
     stats: dict = {}
     partners = find_partners(prob, vec, run.indicator.voxel_size, read_roi.offset, run.cfg, roi=write_roi,
-                             segmentation=run.segmentation, vectors_scale=run.vectors_scale, stats=stats)
+                             segmentation=run.segmentation, segments=segments, vectors_scale=run.vectors_scale,
+                             stats=stats)
     run.store.write_block(int(block.block_id[1]), partners)
     if stats.get("truncated"):
         logger.warning("block %s: %d partner(s) from components cut by the read ROI; raise [Extraction] "

@@ -125,6 +125,23 @@ def test_segment_ids_and_same_segment_removal():
     assert sorted(p["post_seg_id"].tolist()) == [NO_ID, big]
 
 
+def test_split_by_segment_keeps_touching_post_sites_apart():
+    # two post sites in touching neurons whose blobs merge into one component
+    ind = np.zeros((6, 30, 40), np.float32)
+    vec = np.zeros((3,) + ind.shape, np.float32)
+    ind[2:4, 10:20, 8:32] = 0.9
+    seg = np.full(ind.shape, 3, np.uint64)
+    seg[:, :, 20:] = 2 ** 40  # the neuron boundary cuts the component in two
+    vec[2][:, :, :20], vec[2][:, :, 20:] = -40, 40  # each points away from the boundary
+    assert len(find_partners(ind, vec, VS, (0, 0, 0), cfg())) == 1
+    p = find_partners(ind, vec, VS, (0, 0, 0), cfg(split_by_segment=True), segments=seg)
+    assert len(p) == 2
+    assert sorted(p["post_x"].tolist()) == [4 * 9, 4 * 21]  # the EDT maximum of each half (first on ties)
+    assert sorted(p["score"].tolist()) == pytest.approx([0.9 * 2 * 10 * 12] * 2)
+    with pytest.raises(ExtractionError, match="shape of the indicator"):
+        find_partners(ind, vec, VS, (0, 0, 0), cfg(split_by_segment=True), segments=seg[:, :, :10])
+
+
 def test_nms_one_site_per_peak():
     ind = np.zeros((12, 40, 40), np.float32)
     vec = np.zeros((3,) + ind.shape, np.float32)
@@ -254,6 +271,32 @@ def test_failed_blocks_are_not_marked_done(tmp_path):
     assert 0 < s["blocks_skipped"] < s["blocks_total"]
     with open_run_store(pdir) as store:
         np.testing.assert_array_equal(store.query(), reference(ind_u8, vec))
+
+
+def test_split_by_segment_blockwise_and_its_errors(tmp_path):
+    ind = np.zeros((16, 64, 64), np.float32)
+    vec = np.zeros((3,) + ind.shape, np.float32)
+    ind[6:9, 20:40, 16:48] = 0.8  # one blob over two neurons
+    ind_u8 = (ind * 255).round().astype(np.uint8)
+    seg = np.ones(ind.shape, np.uint64)
+    seg[:, :, 32:] = 2
+    roi = Roi((0, 0, 0), tuple(s * v for s, v in zip(ind.shape, VS)))
+    seg_path = tmp_path / "seg.zarr"
+    prepare_volume(seg_path, "neuron_ids", roi, VS, np.uint64)[roi] = seg
+    pdir = make_run(tmp_path, ind_u8, vec, block_shape=(64, 128, 128), context=(64, 64, 64))
+    set_config(pdir, split_by_segment=True)
+    with pytest.raises(ExtractionError, match=r"\[Extraction\] split_by_segment: needs seg_container"):
+        extract(pdir, multiprocessing=False)
+    set_config(pdir, split_by_segment=True, seg_container=str(seg_path), seg_dataset="neuron_ids")
+    extract(pdir, overwrite=True, multiprocessing=False)
+    with open_run_store(pdir) as store:
+        got = store.query()
+    assert sorted(got["post_seg_id"].tolist()) == [1, 2]
+    coarse = tmp_path / "seg_coarse.zarr"
+    prepare_volume(coarse, "neuron_ids", roi, (8, 8, 8), np.uint64)[roi] = seg[:, ::2, ::2]
+    set_config(pdir, split_by_segment=True, seg_container=str(coarse), seg_dataset="neuron_ids")
+    with pytest.raises(ExtractionError, match="has voxel size"):
+        extract(pdir, overwrite=True, multiprocessing=False)
 
 
 def test_unreachable_database_fails_fast_and_marks_nothing(tmp_path):
