@@ -68,8 +68,7 @@ def reference_partners(ind, vec, voxel_size, offset, cfg):
         scores.append(float(np.sum(ind[sl][region.image].astype(np.float64))))
         vecs.append(vec[:, p[0], p[1], p[2]].astype(np.float64))
     post_nm = np.asarray(offset) + np.array(posts).reshape(-1, 3) * voxel_size
-    pre_nm = np.asarray(offset) + np.floor((post_nm + np.array(vecs).reshape(-1, 3) - offset) / voxel_size
-                                           + 0.5).astype(np.int64) * voxel_size
+    pre_nm = np.floor(post_nm + np.array(vecs).reshape(-1, 3) + 0.5).astype(np.int64)
     out = empty_partners(len(posts))
     out["id"] = partner_id(post_nm, voxel_size)
     for i, a in enumerate("zyx"):
