@@ -131,3 +131,10 @@ def save_json(path, data, indent: int = 1) -> Path:
     tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def save_report(out, name: str, data, indent: int = 1) -> Path:
+    """Save a benchmark's JSON to ``out`` (its ``--out``; None: :func:`default_out` of ``name``), print the path."""
+    path = save_json(out or default_out(name), data, indent=indent)
+    print(f"saved {path}")
+    return path

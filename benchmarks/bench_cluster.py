@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import default_out, machine_info, save_json
+from _common import machine_info, save_report
 
 from synful import cluster
 from synful.config import Worker
@@ -84,8 +84,7 @@ def main(argv=None) -> int:
                    "profile": args.profile},
         "seconds": results,
     }
-    out = save_json(args.out or default_out("cluster"), report, indent=2)
-    print(f"saved {out}")
+    save_report(args.out, "cluster", report, indent=2)
     return 0
 
 

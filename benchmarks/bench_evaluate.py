@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import default_out, machine_info, save_json
+from _common import machine_info, save_report
 
 from synful.evaluate import evaluate, read_evaluation_json, read_ground_truth, read_skeleton_ids, write_results
 from synful.io.partners import NO_ID, empty_partners, read_partners, write_partners_json
@@ -149,8 +149,7 @@ def main(argv=None) -> dict:
         print(f"  {k:36s} {v:8.3f} s")
     print(f"  best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g} "
           f"(precision {best['precision']:.4f}, recall {best['recall']:.4f})")
-    path = save_json(args.out or default_out("evaluate"), report)
-    print(f"saved {path}")
+    save_report(args.out, "evaluate", report)
     return report
 
 

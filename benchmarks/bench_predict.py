@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_name, default_out, gpu_info, machine_info, save_json
+from _common import cpu_name, gpu_info, machine_info, save_report
 
 FAFB_VOXELS = 50e12
 # --quick: a small U-Net (the bench_train "cpu" preset): checks the set-up in seconds, not the speed
@@ -230,8 +230,7 @@ def main(argv=None) -> int:
         print(f"{name:>22} on {r['device']}: end to end {e['voxels_per_second'] / 1e6:.3f} Mvoxel/s "
               f"({e['wall_seconds']:.1f} s), steady {s['voxels_per_second'] / 1e6:.3f} Mvoxel/s{util}; "
               f"50 Tvoxel: {s['fafb_50tvoxel_device_days']} device-days")
-    out = save_json(args.out or default_out("predict"), results)
-    print(f"saved {out}")
+    save_report(args.out, "predict", results)
     return 0
 
 

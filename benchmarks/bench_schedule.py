@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import default_out, machine_info, save_json
+from _common import machine_info, save_report
 
 BLOCK_NM = (40, 400, 400)  # one write block, nm (z, y, x); its size does not matter to the scheduler
 
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
     for k, r in modes.items():
         print(f"{k:10s} {r['blocks']:7d} {r['seconds']:8.2f} {r['startup_seconds']:10.2f} {r['blocks_per_s']:9.0f} "
               f"{r['steady_blocks_per_s'] or float('nan'):9.0f}")
-    out = save_json(args.out or default_out("schedule"), report)
-    print(f"saved {out}")
+    save_report(args.out, "schedule", report)
     return 0
 
 

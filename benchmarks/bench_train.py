@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import default_out, gpu_info, machine_info, save_json
+from _common import gpu_info, machine_info, save_report
 
 PRESETS = {
     "cpu": dict(downsample_factors=[(1, 3, 3), (1, 3, 3)], input_shape=(24, 142, 142)),
@@ -125,8 +125,7 @@ def main(argv=None) -> int:
             r = _pipeline_rate(cfg, args.iterations, args.warmup, Path(tmp))
         info["pipeline"] = r
         print(f"pipeline (one process): {r['batches_per_s']:.3f} batches/s", flush=True)
-    out = save_json(args.out or default_out("train"), info, indent=2)
-    print(f"wrote {out}")
+    save_report(args.out, "train", info, indent=2)
     return 0
 
 
