@@ -176,10 +176,23 @@ class SQLiteStore(Store):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._set_wal(timeout)
             self._conn.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"{self.name}: cannot open the SQLite store: {e}") from None
+
+    def _set_wal(self, timeout: float):
+        # two processes switching a new file to WAL at once: SQLite answers "database is locked" at
+        # once instead of waiting for the busy timeout, so wait here
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _exec(self, sql, params=()):
         try:
