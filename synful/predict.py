@@ -7,14 +7,23 @@
    geometry -- all without TensorFlow, so bad input fails before any worker starts.
 2. The output datasets are prepared with chunks equal to the write block, so every block writes
    whole chunks and concurrent workers never share one.
-3. A daisy task covers the ROI: write ROI = network output shape x ``block_factor``, read ROI =
-   write ROI grown by the network context on each side.  Blocks at the far end overhang the ROI
-   (``fit = overhang``): the network always sees its full input, and writes are cropped to the ROI.
-   Context beyond the raw data is zero- or mirror-padded (relative to the whole dataset, so a block
-   sees exactly what a single pass over the volume would see) before the training normalisation.
-   The result equals one pass over the whole ROI when the output shape is a multiple of the total
-   downsampling factor; otherwise tiles sit at different phases of the pooling grid (as with any
-   tiling of a valid U-Net, Synful's default network included), which changes values slightly.
+3. A daisy task covers the ROI with blocks, each cut into ``block_factor`` tiles (one network input
+   each).  A valid U-Net gives the same values as one pass over a larger input only where both
+   inputs sit at the same phase of its pooling grid, i.e. where their origins differ by a multiple of
+   the total downsampling factor (the per-axis product of ``downsample_factors``; (3, 27, 27) voxels
+   for Synful's [[1,3,3],[1,3,3],[3,3,3]]).  So tiles step by the *tile stride*: per axis the largest
+   multiple of that factor not above the network output shape (Synful's default output
+   (6, 218, 218) -> stride (6, 216, 216)).  Consecutive tiles overlap by output - stride voxels and
+   each is cropped to its stride.  Write ROI = tile stride x ``block_factor``; read ROI = write ROI
+   grown by the network context on each side plus that overlap at the far end (what the block's last
+   tile reads).  Every tile's input origin is therefore ``ROI.begin - context + k x factor x
+   voxel_size``, on the one phase grid of a single pass whose input begins at ``ROI.begin -
+   context``, and the blockwise result equals that single pass over the whole ROI exactly (for any
+   number of levels, anisotropic factors, workers and ROIs that are no multiple of the block).
+   Blocks at the far end overhang the ROI (``fit = overhang``): the network always sees its full
+   input, and writes are cropped to the ROI.  Context beyond the raw data is zero- or mirror-padded
+   (relative to the whole dataset, so a block sees exactly what a single pass over the volume would
+   see) before the training normalisation.
 4. Workers (:func:`run_worker`, the hidden ``synful predict-worker`` command) take blocks from the
    daisy scheduler over TCP until none are left, loading the model once (with their first block, so
    a rerun of a finished run starts no TensorFlow) and running the network on ``batch_size`` tiles
@@ -97,10 +106,17 @@ class PredictionError(SynfulError):
 class PredictionPlan:
     """The resolved geometry and files of one prediction run.
 
-    ROIs, offsets and ``context`` are in nm; ``input_shape`` / ``output_shape`` in voxels; all (z, y, x).
-    ``block_write`` is ``output_shape x block_factor`` in nm, ``block_read`` that grown by
-    ``context`` on both sides.  ``heads`` are the network outputs written (``syn_indicator``,
-    ``partner_vectors``).
+    ROIs, offsets, ``context``, ``block_write`` and ``block_read`` are in nm; ``input_shape``,
+    ``output_shape``, ``downsample_factor`` and ``tile_stride`` in voxels; all (z, y, x).
+
+    ``downsample_factor`` is the network's total downsampling per axis (the product of
+    ``downsample_factors``); ``tile_stride`` the largest multiple of it not above ``output_shape``:
+    tiles of a block start ``tile_stride`` apart, so every tile's input origin is
+    ``roi.begin - context + k x downsample_factor x voxel_size`` (one pooling phase for all tiles).
+    ``block_write`` is ``tile_stride x block_factor x voxel_size``; ``block_read`` is that grown by
+    ``context`` on both sides and by ``tile_overlap`` (``output_shape - tile_stride`` voxels, how far
+    the last tile's output reaches past its stride) at the far end.  ``heads`` are the network outputs
+    written (``syn_indicator``, ``partner_vectors``).
     """
 
     predict_dir: Path
@@ -116,9 +132,16 @@ class PredictionPlan:
     input_shape: Coordinate
     output_shape: Coordinate
     context: Coordinate
+    downsample_factor: Coordinate
+    tile_stride: Coordinate
     block_write: Coordinate
     block_read: Coordinate
     heads: tuple[str, ...]
+
+    @property
+    def tile_overlap(self) -> Coordinate:
+        """Voxels (z, y, x) by which consecutive tiles overlap: ``output_shape - tile_stride``."""
+        return self.output_shape - self.tile_stride
 
     @property
     def task_id(self) -> str:
@@ -162,7 +185,10 @@ class PredictionPlan:
         keys = {
             "checkpoint": str(self.checkpoint), "raw": [self.raw_container, self.raw_dataset],
             "roi": [list(self.roi.offset), list(self.roi.shape)], "input_shape": list(self.input_shape),
-            "block_write": list(self.block_write), "padding": p.padding, "out": p.out_container,
+            # the tiling decides the values too (pooling phase): a change must not resume old blocks
+            "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
+            "block_write": list(self.block_write), "block_read": list(self.block_read),
+            "padding": p.padding, "out": p.out_container,
             "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
             "mixed_precision": p.mixed_precision, "training": to_dict(self.training),
         }
@@ -212,7 +238,9 @@ def plan_prediction(predict_dir) -> PredictionPlan:
     Raises :class:`PredictionError` / :class:`~synful.config.ConfigError` (messages name the file,
     key and value) for a missing training setup or checkpoint, a missing raw dataset, a raw voxel
     size that differs from the training one, a ROI not on the voxel grid or not inside the raw data,
-    or a network input shape the U-Net cannot take.  Imports no TensorFlow.
+    a network input shape the U-Net cannot take, or one whose output is smaller than the total
+    downsampling factor on some axis (no tile stride on the pooling grid fits; the message names
+    ``input_shape`` and the next input size that works).  Imports no TensorFlow.
     """
     from .io.volumes import open_volume
     from .models import head_names, output_shape
@@ -264,13 +292,24 @@ def plan_prediction(predict_dir) -> PredictionPlan:
         raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)}: the network context "
                           f"{tuple(diff)} voxels is not symmetric")
     context = (diff / 2) * voxel_size
-    block_write = out_shape * Coordinate(cfg.block_factor) * voxel_size
-    block_read = block_write + context * 2
+    factor = Coordinate(int(np.prod([f[d] for f in training.downsample_factors])) for d in range(3))
+    for d, (o, f) in enumerate(zip(out_shape, factor)):
+        if o < f:
+            bigger = list(input_shape)
+            bigger[d] += f  # valid input sizes step by the total factor, and so do output sizes
+            raise ConfigError(
+                f"{source} [Prediction] input_shape {tuple(input_shape)}: the network output "
+                f"{tuple(out_shape)} voxels is smaller than the total downsampling factor {tuple(factor)} along "
+                f"{'zyx'[d]}, so blockwise tiles cannot keep one pooling phase; use a larger input_shape "
+                f"(e.g. {tuple(bigger)})")
+    stride = Coordinate((o // f) * f for o, f in zip(out_shape, factor))
+    block_write = stride * Coordinate(cfg.block_factor) * voxel_size
+    block_read = block_write + context * 2 + (out_shape - stride) * voxel_size
     return PredictionPlan(
         predict_dir=predict_dir, name=_run_name(predict_dir), prediction=cfg, training=training, checkpoint=ckpt,
         raw_container=str(raw_container), raw_dataset=raw_dataset, voxel_size=voxel_size, raw_roi=raw_roi, roi=roi,
-        input_shape=input_shape, output_shape=out_shape, context=context, block_write=block_write,
-        block_read=block_read, heads=head_names(training))
+        input_shape=input_shape, output_shape=out_shape, context=context, downsample_factor=factor,
+        tile_stride=stride, block_write=block_write, block_read=block_read, heads=head_names(training))
 
 
 def _fmt_roi(roi: Roi) -> str:
@@ -424,11 +463,15 @@ def load_model(plan: PredictionPlan):
 class BlockPredictor:
     """Runs the network over blocks and writes the encoded outputs.
 
-    ``predict_block(read_roi, write_roi)`` returns float32 arrays over ``write_roi``: ``syn_indicator``
-    probabilities ``(z, y, x)`` and ``partner_vectors`` nm ``(3, z, y, x)``; ``write_block`` crops them
-    to the run ROI and stores them.  The block is cut into ``block_factor`` tiles of one network output
-    each; tiles go through the network ``batch_size`` at a time (the last batch zero-filled so the
-    compiled function keeps one shape).
+    ``predict_block(read_roi, write_roi)`` (nm, z, y, x; ``read_roi`` must begin ``plan.context``
+    before ``write_roi``; the block reads ``write_roi`` grown by ``plan.context`` on each side and
+    ``plan.tile_overlap`` voxels more at the far end, daisy's read ROI) returns float32 arrays over
+    ``write_roi``: ``syn_indicator`` probabilities ``(z, y, x)``
+    and ``partner_vectors`` nm ``(3, z, y, x)``; ``write_block`` crops them to the run ROI and stores
+    them.  The block is cut into ``block_factor`` tiles whose inputs start ``plan.tile_stride`` voxels
+    apart (a multiple of the total downsampling factor, so all tiles share the pooling phase of a
+    single pass); each tile's output is cropped to its stride.  Tiles go through the network
+    ``batch_size`` at a time (the last batch zero-filled so the compiled function keeps one shape).
     """
 
     def __init__(self, plan: PredictionPlan, model=None):
@@ -456,8 +499,13 @@ class BlockPredictor:
         from .models import normalize_raw
 
         plan = self.plan
+        if read_roi.begin != write_roi.begin - plan.context:
+            raise PredictionError(f"block read ROI {_fmt_roi(read_roi)} does not begin at write ROI "
+                                  f"{_fmt_roi(write_roi)} minus the context {tuple(plan.context)} nm")
+        # what the tiles read: up to the last tile's input end, whatever the caller's read ROI says
+        read_roi = write_roi.grow(plan.context, plan.context + plan.tile_overlap * plan.voxel_size)
         raw = normalize_raw(read_padded(self.raw, read_roi, plan.prediction.padding))
-        out_vox = plan.output_shape
+        stride = plan.tile_stride
         in_vox = plan.input_shape
         factor = tuple(plan.prediction.block_factor)
         wshape = tuple(write_roi.shape / plan.voxel_size)
@@ -466,7 +514,7 @@ class BlockPredictor:
             result[HEAD_INDICATOR] = np.empty(wshape, np.float32)
         if HEAD_VECTORS in plan.heads:
             result[HEAD_VECTORS] = np.empty((3, *wshape), np.float32)
-        tiles = [Coordinate(t) * out_vox for t in np.ndindex(*factor)]
+        tiles = [Coordinate(t) * stride for t in np.ndindex(*factor)]
         for start in range(0, len(tiles), self.batch_size):
             batch_tiles = tiles[start:start + self.batch_size]
             x = np.zeros((self.batch_size, *in_vox, 1), np.float32)
@@ -474,16 +522,17 @@ class BlockPredictor:
                 x[i, ..., 0] = raw[t[0]:t[0] + in_vox[0], t[1]:t[1] + in_vox[1], t[2]:t[2] + in_vox[2]]
             y = {k: v.numpy() for k, v in self._run(x).items()}
             for i, t in enumerate(batch_tiles):
-                sl = tuple(slice(t[d], t[d] + out_vox[d]) for d in range(3))
+                sl = tuple(slice(t[d], t[d] + stride[d]) for d in range(3))
+                crop = tuple(slice(0, stride[d]) for d in range(3))  # the overlap is the next tile's
                 if HEAD_INDICATOR in result:
-                    logits = y[HEAD_INDICATOR][i, ..., 0]
+                    logits = y[HEAD_INDICATOR][i, ..., 0][crop]
                     if self.sigmoid:
                         prob = 1.0 / (1.0 + np.exp(-logits))
                     else:  # mse-trained indicator regresses the probability directly
                         prob = np.clip(logits, 0.0, 1.0)
                     result[HEAD_INDICATOR][sl] = prob
                 if HEAD_VECTORS in result:
-                    result[HEAD_VECTORS][(slice(None),) + sl] = np.moveaxis(y[HEAD_VECTORS][i], -1, 0)
+                    result[HEAD_VECTORS][(slice(None),) + sl] = np.moveaxis(y[HEAD_VECTORS][i][crop], -1, 0)
         return result
 
     def write_block(self, write_roi: Roi, result: dict[str, np.ndarray]):
@@ -785,7 +834,8 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     roi_voxels = float(np.prod(plan.roi.shape / plan.voxel_size))
     voxels_per_block = roi_voxels / plan.num_blocks  # on average: blocks at the far end are cropped
     observer = _Progress(plan.task_id, voxels_per_block, enabled=progress)
-    total_roi = plan.roi.grow(plan.context, plan.context)
+    # the far end grows by the tile overlap too, so the blocks (write ROIs) are those of the ROI alone
+    total_roi = plan.roi.grow(plan.context, plan.context + plan.tile_overlap * plan.voxel_size)
     common = dict(read_write_conflict=False, fit="overhang", max_retries=int(worker_cfg.max_retries),
                   tracking_path=str(plan.tracking_dir), timeout=float(p.block_timeout))
     read_roi = Roi((0, 0, 0), plan.block_read)
@@ -843,6 +893,8 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
         "voxel_size": list(plan.voxel_size),
         "input_shape": list(plan.input_shape),
         "output_shape": list(plan.output_shape),
+        "downsample_factor": list(plan.downsample_factor),
+        "tile_stride": list(plan.tile_stride),
         "block_write_shape": list(plan.block_write),
         "block_read_shape": list(plan.block_read),
         "outputs": {h: {"container": p.out_container, "dataset": d,

@@ -3,7 +3,9 @@
 A tiny U-Net (one level, two feature maps) with random weights is saved as the checkpoint of a
 training setup; the raw volume has a non-zero offset and a shape that is no multiple of the block.
 The reference is the same network built for an input covering the whole volume plus its context,
-run once on the volume padded with ``np.pad``.
+run once on the volume padded with ``np.pad``.  A second setup has three levels with Synful's
+downsampling factors [[1,3,3],[1,3,3],[3,3,3]] and an output (4, 28, 28) that is no multiple of the
+total factor (3, 27, 27): blockwise output must equal the single pass exactly, stored value for value.
 """
 
 from __future__ import annotations
@@ -33,50 +35,88 @@ TRAINING = {
 }
 ITERATION = 1
 
+# Synful's downsampling with tiny feature maps: (1, 3, 3)-kernels at the middle levels keep z small
+TRAINING3 = {
+    "voxel_size": VOXEL_SIZE, "input_shape": (14, 134, 134), "fmap_num": 2, "fmap_inc_factor": 2,
+    "downsample_factors": [(1, 3, 3), (1, 3, 3), (3, 3, 3)],
+    "level_kernel_sizes": [(3, 3, 3), (1, 3, 3), (1, 3, 3), (3, 3, 3)], "num_convs": 1, "tasks": "both",
+}
+RAW3_SHAPE = (8, 61, 70)  # voxels: no multiple of any block below (tile stride (3, 27, 27))
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    """A training setup with a random-weight checkpoint, and a raw zarr volume."""
+
+def make_experiment(base, name: str, training: dict, raw_shape, weight_std: float = 0.5) -> dict:
+    """A training setup with a random-weight checkpoint, and a raw zarr volume at RAW_OFFSET."""
     from synful.models import build_unet
     from synful.train import checkpoint_path
 
-    base = tmp_path_factory.mktemp("experiments")
-    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": TRAINING}})
+    train_dir = create_train_setup(base, name, 0, overrides={"train_config.ini": {"Training": training}})
     cfg = read_train_config(train_dir / "train_config.ini")
     model = build_unet(cfg)
     rng = np.random.default_rng(0)
     # random weights large enough that the outputs vary across the volume
-    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    model.set_weights([rng.normal(0, weight_std, w.shape).astype(np.float32) for w in model.get_weights()])
     ckpt = checkpoint_path(train_dir, ITERATION)
     os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     model.save_weights(str(ckpt))
-    raw = rng.integers(0, 256, RAW_SHAPE, dtype=np.uint8)
-    raw_container = base / "exp" / "01_data" / "raw.zarr"
+    raw = rng.integers(0, 256, raw_shape, dtype=np.uint8)
+    raw_container = base / name / "01_data" / "raw.zarr"
     write_volume(raw_container, "volumes/raw", raw, VOXEL_SIZE, offset=RAW_OFFSET)
-    return {"base": base, "cfg": cfg, "ckpt": ckpt, "raw": raw, "raw_container": str(raw_container)}
+    return {"base": base, "name": name, "cfg": cfg, "ckpt": ckpt, "raw": raw, "raw_container": str(raw_container)}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """The one-level toy network."""
+    return make_experiment(tmp_path_factory.mktemp("experiments"), "exp", TRAINING, RAW_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def experiment3(tmp_path_factory):
+    """The three-level network with Synful's downsampling factors."""
+    # smaller weights than the toy's: three levels would saturate the sigmoid and clip the int8 vectors
+    return make_experiment(tmp_path_factory.mktemp("experiments3"), "exp3", TRAINING3, RAW3_SHAPE, weight_std=0.3)
 
 
 def single_pass(experiment, padding: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indicator probabilities (z, y, x) and vectors (3, z, y, x) of one network pass over the whole volume."""
+    """Indicator probabilities (z, y, x) and vectors (3, z, y, x) of one network pass over the whole volume.
+
+    The input begins at the volume minus the context (as the blockwise run's phase grid does) and has
+    the smallest size the network takes that covers the volume plus its context; the output is cropped
+    to the volume.
+    """
+    from synful.config import ConfigError
     from synful.models import build_unet, normalize_raw, output_shape
 
-    cfg = experiment["cfg"]
-    context = [(i - o) // 2 for i, o in zip(INPUT_SHAPE, output_shape(cfg, INPUT_SHAPE))]
-    big = tuple(s + 2 * c for s, c in zip(RAW_SHAPE, context))
-    assert output_shape(cfg, big) == RAW_SHAPE
+    cfg, raw = experiment["cfg"], experiment["raw"]
+    input_shape = tuple(cfg.input_shape)
+    context = [(i - o) // 2 for i, o in zip(input_shape, output_shape(cfg, input_shape))]
+    big = []
+    for axis, (s, c) in enumerate(zip(raw.shape, context)):
+        size = s + 2 * c
+        while True:
+            try:
+                output_shape(cfg, input_shape[:axis] + (size,) + input_shape[axis + 1:])
+                break
+            except ConfigError:
+                size += 1
+        big.append(size)
+    out_shape = output_shape(cfg, big)
+    assert all(o >= s for o, s in zip(out_shape, raw.shape))
     model = build_unet(cfg, big)
     model.load_weights(str(experiment["ckpt"]))
-    raw = np.pad(experiment["raw"], [(c, c) for c in context], mode="constant" if padding == "zero" else "reflect")
+    pad = [(c, b - s - c) for c, b, s in zip(context, big, raw.shape)]
+    raw = np.pad(raw, pad, mode="constant" if padding == "zero" else "reflect")
     out = model(normalize_raw(raw)[None, ..., None], training=False)
-    prob = 1.0 / (1.0 + np.exp(-np.asarray(out["syn_indicator"])[0, ..., 0]))
-    vectors = np.moveaxis(np.asarray(out["partner_vectors"])[0], -1, 0)
+    crop = tuple(slice(0, s) for s in experiment["raw"].shape)
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(out["syn_indicator"])[0, ..., 0][crop]))
+    vectors = np.moveaxis(np.asarray(out["partner_vectors"])[0], -1, 0)[(slice(None),) + crop]
     return prob, vectors
 
 
 def predict_setup(experiment, prediction: dict, worker: dict):
     prediction = {"raw_container": experiment["raw_container"], "raw_dataset": "volumes/raw", **prediction}
     worker = {"executor": "local", "gpus": 0, **worker}
-    (setup,) = create_predict_setups(experiment["base"], "exp", 0, [ITERATION], overrides={
+    (setup,) = create_predict_setups(experiment["base"], experiment["name"], 0, [ITERATION], overrides={
         "predict_config.ini": {"Prediction": prediction}, "worker_config.ini": {"Worker": worker}})
     return setup
 
@@ -163,6 +203,86 @@ def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkey
     # rounding of values that sit on a quantisation boundary may differ by one unit
     assert np.abs(ind[ind.roi].astype(int) - want_ind).max() <= 1
     assert np.abs(vec[vec.roi].astype(int) - want_vec).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, block_factor, batch_size, padding, dtypes", [
+    (1, (1, 1, 1), 1, "zero", ("uint8", "int8")),
+    (2, (2, 2, 1), 3, "mirror", ("float32", "float32")),
+])
+def test_three_level_synful_network_blockwise_equals_single_pass_exactly(experiment3, workers, block_factor,
+                                                                        batch_size, padding, dtypes):
+    """Output (4, 28, 28) voxels, total downsampling (3, 27, 27): tiles step by (3, 27, 27) and overlap."""
+    setup = predict_setup(experiment3, {"indicator_dtype": dtypes[0], "vectors_dtype": dtypes[1],
+                                        "vectors_scale": 0.05, "block_factor": block_factor,
+                                        "batch_size": batch_size, "padding": padding},
+                          {"num_block_workers": workers, "max_retries": 0})
+    plan = plan_prediction(setup)
+    assert tuple(plan.output_shape) == (4, 28, 28)
+    assert tuple(plan.block_write) == tuple(np.multiply((3, 27, 27), block_factor) * VOXEL_SIZE)
+    meta = predict(setup, progress=False)
+    assert meta["complete"] and meta["workers"]["count"] == workers
+    assert meta["blocks"]["processed"] == plan.num_blocks > workers
+    ind, vec = read_outputs(setup)
+    assert ind.roi == Roi(RAW_OFFSET, Coordinate(RAW3_SHAPE) * Coordinate(VOXEL_SIZE)) == vec.roi
+
+    prob, vectors = single_pass(experiment3, padding)
+    # values away from saturation and clipping: float round-off would show in the encoded values too
+    assert ((prob > 0.01) & (prob < 0.99)).mean() > 0.9 and (np.abs(vectors) < 127 * 0.05).mean() > 0.9
+    want_ind, _ = encode_indicator(prob, dtypes[0])
+    want_vec, _ = encode_vectors(vectors, dtypes[1], 0.05)
+    got_ind, got_vec = ind[ind.roi], vec[vec.roi]
+    assert got_ind.dtype == want_ind.dtype and got_vec.dtype == want_vec.dtype
+    if dtypes[0] == "uint8":  # the encoded values vary: the comparison means something
+        assert len(np.unique(got_ind)) > 200 and len(np.unique(got_vec)) > 200
+    bad = np.argwhere(got_ind != want_ind)
+    assert np.array_equal(got_ind, want_ind), f"{len(bad)} indicator voxels differ, first at {bad[:5].tolist()}"
+    assert np.array_equal(got_vec, want_vec), f"{int((got_vec != want_vec).sum())} vector values differ"
+
+
+def default_network_setup(tmp_path, input_shape=None):
+    """A predict setup of Synful's default network (checkpoint file only: planning needs no weights)."""
+    from synful.train import checkpoint_path
+
+    train_dir = create_train_setup(tmp_path, "dflt", 0)
+    ckpt = checkpoint_path(train_dir, ITERATION)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"")
+    raw_container = tmp_path / "dflt" / "01_data" / "raw.zarr"
+    write_volume(raw_container, "volumes/raw", np.zeros((20, 500, 700), np.uint8), VOXEL_SIZE, offset=RAW_OFFSET)
+    prediction = {"raw_container": str(raw_container), "raw_dataset": "volumes/raw", "block_factor": (1, 2, 1)}
+    if input_shape is not None:
+        prediction["input_shape"] = input_shape
+    (setup,) = create_predict_setups(tmp_path, "dflt", 0, [ITERATION], overrides={
+        "predict_config.ini": {"Prediction": prediction}})
+    return setup
+
+
+def test_default_network_tiles_step_by_its_total_downsampling(tmp_path):
+    plan = plan_prediction(default_network_setup(tmp_path))
+    vs = Coordinate(VOXEL_SIZE)
+    assert tuple(plan.input_shape) == (42, 430, 430) and tuple(plan.output_shape) == (6, 218, 218)
+    assert tuple(plan.downsample_factor) == (3, 27, 27)
+    assert tuple(plan.tile_stride) == (6, 216, 216) and tuple(plan.tile_overlap) == (0, 2, 2)
+    assert plan.block_write == Coordinate(6, 432, 216) * vs
+    assert plan.block_read == plan.block_write + plan.context * 2 + Coordinate(0, 2, 2) * vs
+    # every tile input origin of every block lies on the pooling grid of one pass from roi.begin - context
+    origin = plan.roi.begin - plan.context
+    grid = plan.downsample_factor * vs
+    for idx in np.ndindex(*[-(-s // b) for s, b in zip(plan.roi.shape, plan.block_write)]):
+        read_begin = origin + plan.block_write * Coordinate(idx)
+        for t in np.ndindex(*plan.prediction.block_factor):
+            tile = read_begin + Coordinate(t) * plan.tile_stride * vs
+            assert all((b - o) % g == 0 for b, o, g in zip(tile, origin, grid))
+
+
+def test_output_smaller_than_total_downsampling_is_refused(tmp_path):
+    from synful.config import ConfigError
+
+    # y: 214 -> output 2 voxels < 27
+    with pytest.raises(ConfigError, match=r"input_shape \(42, 214, 430\).*smaller than the total downsampling "
+                                          r"factor \(3, 27, 27\) along y.*\(42, 241, 430\)"):
+        plan_prediction(default_network_setup(tmp_path, (42, 214, 430)))
 
 
 @pytest.mark.slow
