@@ -22,6 +22,7 @@ import ast
 import configparser
 import dataclasses
 import io
+import math
 import os
 import types
 import typing
@@ -53,6 +54,8 @@ __all__ = [
     "read_train_config",
     "read_predict_config",
     "read_worker_config",
+    "check_evaluation",
+    "MATCHING_MODES",
     "write_config",
     "render_template",
     "fill_template",
@@ -66,13 +69,16 @@ class ConfigError(SynfulError, ValueError):
 
 
 def key(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
-        minimum: float | None = None, maximum: float | None = None, path: bool = False):
+        minimum: float | None = None, maximum: float | None = None, positive: bool = False, path: bool = False):
     """Declare one config key: its default, one-line doc and constraints.
 
+    ``minimum`` / ``maximum`` are inclusive bounds; ``positive=True`` requires
+    values > 0.  Numbers must be finite (nan and inf are refused for every key).
     ``path=True`` marks a str key whose relative value resolves against the
     folder of the ini file it was read from.  A key without default is required.
     """
-    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum, "path": path}
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum, "positive": positive,
+            "path": path}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -187,6 +193,12 @@ class Extraction:
     score_type: str = key("sum", "component score: sum, mean, max or count", choices=("sum", "mean", "max", "count"))
     vector_type: str = key("point", "pre site from the vector at the post site (point) or averaged over the component (mean)",
                            choices=("point", "mean"))
+    indicator_scale: Optional[float] = key(None, "probability per stored unit of an indicator dataset that has no "
+                                                 "'scale' attribute (e.g. 0.00392156862745098 = 1/255 for uint8 "
+                                                 "0..255); None: such a dataset is an error", positive=True)
+    partner_vectors_scale: Optional[float] = key(None, "nm per stored unit of a partner-vector dataset that has no "
+                                                       "'scale' attribute; None: such a dataset is an error",
+                                                 positive=True)
     score_thr: float = key(0.0, "drop partners scoring below this", minimum=0)
     min_distance: float = key(0.0, "drop partners whose pre-post distance is below this, nm", minimum=0)
     max_distance: Optional[float] = key(None, "drop partners whose pre-post distance is above this, nm; None: no limit",
@@ -206,13 +218,17 @@ class Extraction:
     credentials_env: Optional[str] = key(None, "environment variable holding the MongoDB URL with credentials; never logged")
 
 
+#: [Evaluation] matching modes, the default first
+MATCHING_MODES = ("location", "segment", "skeleton")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
     """[Evaluation] of predict_config.ini: the synaptic-partner metric (keys as the evaluation JSON).
 
-    Matching id type (no key): skeleton ids when skeleton_ids is set or both
-    predictions and ground truth carry skeleton ids, else segment ids when both
-    carry segment ids, else locations only (see synful.evaluate).
+    ``matching`` fixes which ids a predicted and a ground-truth partner must
+    share (see synful.evaluate); it never depends on the data: inputs that lack
+    the ids it needs are an error.
     """
 
     gt_synlinks: Optional[str] = key(None, "ground-truth partners (FAFB JSON, CSV, or CREMI HDF5/zarr annotations); "
@@ -220,7 +236,11 @@ class Evaluation:
     pred_synlinks: Optional[str] = key(None, "predicted partners (FAFB JSON or CSV); None: this run's result collection",
                                        path=True)
     skeleton_ids: Optional[str] = key(None, "file with one neuron (skeleton) id per line: FAFB protocol, evaluated per "
-                                            "neuron and matched by skeleton ids; None: all partners at once", path=True)
+                                            "neuron (needs matching = skeleton); None: all partners at once", path=True)
+    matching: str = key("location", "ids a prediction and a ground-truth partner must share to match: location "
+                                    "(none, distance only), segment (pre_seg_id and post_seg_id, both sides from one "
+                                    "segmentation) or skeleton (pre_skel_id and post_skel_id; needed by skeleton_ids)",
+                        choices=MATCHING_MODES)
     score_thresholds: list[float] = key([0.0], "score thresholds to sweep (keep score >= threshold)")
     matching_threshold: float = key(400.0, "maximal matching distance, nm", minimum=0)
     matching_threshold_only_pre: bool = key(False, "match on pre-site distance only")
@@ -485,6 +505,11 @@ def _check_bounds(meta, value, where: str):
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got '{value}'")
     for v in scalars(value):
+        # nan passes every comparison and inf every open bound: refuse both first
+        if not math.isfinite(v):
+            raise ConfigError(f"{where}: expected a finite number, got {_format_value(value)}")
+        if meta.get("positive") and not v > 0:
+            raise ConfigError(f"{where}: must be > 0, got {_format_value(value)}")
         if lo is not None and v < lo:
             raise ConfigError(f"{where}: must be >= {lo:g}, got {_format_value(value)}")
         if hi is not None and v > hi:
@@ -558,9 +583,32 @@ def read_train_config(path) -> Training:
     return read_config(path, TRAIN_SECTIONS)[Training]
 
 
+def check_evaluation(settings: Evaluation, source: str) -> Evaluation:
+    """Cross-key checks of [Evaluation] (ini and evaluation JSON); ``source`` prefixes the message.
+
+    Returns ``settings``; raises :class:`ConfigError` naming the key at fault.
+    """
+    if settings.only_input_synapses and settings.only_output_synapses:
+        raise ConfigError(f"{source} only_output_synapses: only_input_synapses and only_output_synapses "
+                          f"cannot both be true")
+    if settings.matching_threshold_only_pre and settings.matching_threshold_only_post:
+        raise ConfigError(f"{source} matching_threshold_only_post: matching_threshold_only_pre and "
+                          f"matching_threshold_only_post cannot both be true (both false matches on both sites)")
+    if not settings.score_thresholds:
+        raise ConfigError(f"{source} score_thresholds: give at least one score threshold")
+    if (settings.only_input_synapses or settings.only_output_synapses) and settings.skeleton_ids is None:
+        key = "only_input_synapses" if settings.only_input_synapses else "only_output_synapses"
+        raise ConfigError(f"{source} {key}: needs skeleton_ids (inputs and outputs are per neuron)")
+    if settings.skeleton_ids is not None and settings.matching != "skeleton":
+        raise ConfigError(f"{source} matching: skeleton_ids (the FAFB per-neuron protocol) needs matching = "
+                          f"skeleton, got {settings.matching}")
+    return settings
+
+
 def read_predict_config(path) -> PredictConfig:
-    """Read a predict_config.ini ([Prediction], [Extraction], [Evaluation])."""
+    """Read a predict_config.ini ([Prediction], [Extraction], [Evaluation]), cross-key checks included."""
     c = read_config(path, PREDICT_SECTIONS)
+    check_evaluation(c[Evaluation], f"{path} [Evaluation]")
     return PredictConfig(prediction=c[Prediction], extraction=c[Extraction], evaluation=c[Evaluation])
 
 

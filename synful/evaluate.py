@@ -38,11 +38,20 @@ true positive directly, larger ones are solved as their own padded square
 matrix.  (With ``matching_threshold`` 0 infeasible cells cost 1 nm, so that
 they still cost more than feasible ones.)
 
-Which ids match (the evaluation JSON has no key for it), see
-:func:`resolve_id_type`: skeleton ids when ``skeleton_ids`` is given (the FAFB
-protocol) or when predictions and ground truth both carry skeleton ids, else
-segment ids when both carry segment ids, else none (plain Hungarian matching
-on locations).
+Which ids must match is the ``matching`` setting, never the data:
+``location`` (default: no ids, plain Hungarian matching on distances),
+``segment`` (``pre_seg_id`` and ``post_seg_id``) or ``skeleton``
+(``pre_skel_id`` and ``post_skel_id``; required by ``skeleton_ids``).  Inputs
+that lack those ids are an error (:func:`check_inputs`): a side on which no
+partner carries both ids.  Partners of which only some lack them cannot match
+(false positives, or false negatives on the ground-truth side); their counts
+are in the results.  Segment ids are only comparable when both sides come
+from one segmentation: :func:`evaluate_run` checks the ground truth's ids
+against the run's ``[Extraction] seg_container`` and records where each
+side's ids came from.  Every result records ``matching``.
+
+Inputs are refused when a score is not finite, an id repeats or two records
+share both sites (:func:`synful.io.partners.check_partners`).
 
 FAFB benchmark protocol (:func:`evaluate` with ``skeleton_ids``): for each
 neuron, the predictions and ground truth touching it (pre or post skeleton id;
@@ -58,6 +67,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 import types
@@ -71,9 +81,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .config import ConfigError, Evaluation, read_predict_config, to_dict
+from .config import ConfigError, Evaluation, check_evaluation, read_predict_config, to_dict
 from .errors import SynfulError
-from .io.partners import NO_ID, PARTNER_DTYPE, read_partners
+from .io.partners import NO_ID, PARTNER_DTYPE, check_partners, read_partners
 
 __all__ = [
     "EvaluationError",
@@ -82,7 +92,7 @@ __all__ = [
     "read_evaluation_json",
     "read_skeleton_ids",
     "read_ground_truth",
-    "resolve_id_type",
+    "check_inputs",
     "filter_partners",
     "match_partners",
     "evaluate",
@@ -102,6 +112,8 @@ MATCH_DTYPE = np.dtype([("pred", np.int64), ("gt", np.int64), ("cost", np.float6
 JSON_REQUIRED = ("pred_synlinks", "gt_synlinks")
 _CREMI_SUFFIXES = (".h5", ".hdf", ".hdf5", ".zarr", ".n5")
 _ID_FIELDS = {"seg": ("pre_seg_id", "post_seg_id"), "skel": ("pre_skel_id", "post_skel_id")}
+#: the id type (key of _ID_FIELDS) each ``matching`` mode compares; None: locations only
+_MODE_IDS = {"location": None, "segment": "seg", "skeleton": "skel"}
 _SITE_FIELDS = {"pre": ("pre_z", "pre_y", "pre_x"), "post": ("post_z", "post_y", "post_x")}
 
 
@@ -162,26 +174,18 @@ def _check_meta(meta: dict, value, where: str):
         raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {json.dumps(value)}")
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v):  # json.loads reads NaN and Infinity
+                raise ConfigError(f"{where}: expected a finite number, got {json.dumps(value)}")
+            if meta.get("positive") and not v > 0:
+                raise ConfigError(f"{where}: must be > 0, got {json.dumps(value)}")
             if lo is not None and v < lo:
                 raise ConfigError(f"{where}: must be >= {lo:g}, got {json.dumps(value)}")
             if hi is not None and v > hi:
                 raise ConfigError(f"{where}: must be <= {hi:g}, got {json.dumps(value)}")
 
 
-def check_settings(settings: Evaluation, source: str) -> Evaluation:
-    """Cross-key checks shared by the JSON and ini paths; ``source`` prefixes the message."""
-    if settings.only_input_synapses and settings.only_output_synapses:
-        raise ConfigError(f"{source} only_output_synapses: only_input_synapses and only_output_synapses "
-                          f"cannot both be true")
-    if settings.matching_threshold_only_pre and settings.matching_threshold_only_post:
-        raise ConfigError(f"{source} matching_threshold_only_post: matching_threshold_only_pre and "
-                          f"matching_threshold_only_post cannot both be true (both false matches on both sites)")
-    if not settings.score_thresholds:
-        raise ConfigError(f"{source} score_thresholds: give at least one score threshold")
-    if (settings.only_input_synapses or settings.only_output_synapses) and settings.skeleton_ids is None:
-        key = "only_input_synapses" if settings.only_input_synapses else "only_output_synapses"
-        raise ConfigError(f"{source} {key}: needs skeleton_ids (inputs and outputs are per neuron)")
-    return settings
+#: cross-key checks shared by the JSON and ini paths (:func:`synful.config.check_evaluation`)
+check_settings = check_evaluation
 
 
 def read_evaluation_json(path) -> Evaluation:
@@ -274,29 +278,42 @@ def read_ground_truth(path) -> np.ndarray:
     return read_partners(path)
 
 
-def resolve_id_type(pred: np.ndarray, gt: np.ndarray, skeleton_ids=None, id_type: str | None = "auto"):
-    """The id type partners are matched by: ``"skel"``, ``"seg"`` or None (locations only).
+def check_inputs(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, *, where: str = "matching",
+                 sources: tuple[str, str] = ("predictions", "ground truth")) -> dict:
+    """Refuse inputs the metric cannot use; return how many partners lack the ids ``matching`` compares.
 
-    ``id_type="auto"``: ``"skel"`` when ``skeleton_ids`` is given (the FAFB
-    protocol) or when both arrays hold a partner with both skeleton ids; else
-    ``"seg"`` when both hold a partner with both segment ids; else None.  Any
-    other value (``"skel"``, ``"seg"``, None) is returned as is.
+    Both arrays must pass :func:`synful.io.partners.check_partners` (finite
+    scores, unique ids, no two records with the same sites), named by
+    ``sources`` (predictions, ground truth).  With ``matching`` segment or
+    skeleton, a non-empty side on which no partner carries both ids of that
+    type raises :class:`EvaluationError` naming ``where`` (file and key).
+    Returns ``{"pred_missing_ids": n, "gt_missing_ids": m}``: partners with one
+    of those ids missing, which cannot match (0 for ``location``).
     """
-    if id_type != "auto":
-        if id_type not in ("seg", "skel", None):
-            raise ValueError(f"id_type must be 'auto', 'seg', 'skel' or None, got {id_type!r}")
-        return id_type
-    if skeleton_ids is not None:
-        return "skel"
-
-    def carries(a, kind):
+    kind = _MODE_IDS.get(settings.matching, "?")
+    if kind == "?":
+        raise EvaluationError(f"{where}: expected one of {', '.join(_MODE_IDS)}, got {settings.matching!r}")
+    missing = {}
+    for a, source, side, key in ((pred, sources[0], "predicted", "pred_missing_ids"),
+                                 (gt, sources[1], "ground-truth", "gt_missing_ids")):
+        try:
+            check_partners(a, source)
+        except SynfulError as e:
+            raise EvaluationError(str(e)) from None
+        if kind is None:
+            missing[key] = 0
+            continue
         pre, post = _ID_FIELDS[kind]
-        return bool(np.any((a[pre] != NO_ID) & (a[post] != NO_ID)))
-
-    for kind in ("skel", "seg"):
-        if carries(pred, kind) and carries(gt, kind):
-            return kind
-    return None
+        lack = int(np.count_nonzero((a[pre] == NO_ID) | (a[post] == NO_ID)))
+        if len(a) and lack == len(a):
+            raise EvaluationError(f"{where} = {settings.matching}: all {len(a)} {side} partners ({source}) lack "
+                                  f"{pre} or {post}; give {side} partners with these ids, or set matching = "
+                                  f"location")
+        if lack:
+            logger.warning("%s = %s: %d of %d %s partners (%s) lack %s or %s: they cannot match", where,
+                           settings.matching, lack, len(a), side, source, pre, post)
+        missing[key] = lack
+    return missing
 
 
 # --------------------------------------------------------------------------------------
@@ -449,6 +466,9 @@ def _check_thresholds(score_thresholds) -> list[float]:
     thrs = [float(t) for t in score_thresholds]
     if not thrs:
         raise EvaluationError("score_thresholds: give at least one score threshold")
+    bad = [t for t in thrs if not math.isfinite(t)]
+    if bad:
+        raise EvaluationError(f"score_thresholds: expected finite numbers, got {bad[0]!r}")
     return thrs
 
 
@@ -472,18 +492,19 @@ def filter_partners(pred: np.ndarray, settings: Evaluation, score_thr: float) ->
     return sub
 
 
-def match_partners(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, id_type: str | None = "auto") -> Matching:
+def match_partners(pred: np.ndarray, gt: np.ndarray, settings: Evaluation) -> Matching:
     """Match predicted to ground-truth partners one to one (no filters applied here).
 
-    Uses ``matching_threshold`` (nm), ``matching_threshold_only_pre`` and
-    ``matching_threshold_only_post`` of ``settings``; ``id_type`` as in
-    :func:`resolve_id_type`.  Returns :class:`Matching` ``(tp, fp, fn, matches)``
-    with ``fp = len(pred) - tp``, ``fn = len(gt) - tp`` and ``matches`` a
-    :data:`MATCH_DTYPE` array of indices into ``pred`` and ``gt``.
+    Uses ``matching`` (which ids must be equal), ``matching_threshold`` (nm),
+    ``matching_threshold_only_pre`` and ``matching_threshold_only_post`` of
+    ``settings``; inputs are checked by :func:`check_inputs`.  Returns
+    :class:`Matching` ``(tp, fp, fn, matches)`` with ``fp = len(pred) - tp``,
+    ``fn = len(gt) - tp`` and ``matches`` a :data:`MATCH_DTYPE` array of
+    indices into ``pred`` and ``gt``.
     """
     pred, gt = _as_partners(pred, "pred"), _as_partners(gt, "gt")
-    id_type = resolve_id_type(pred, gt, None, id_type)
-    i, j, c = _match_edges(pred, gt, settings, id_type)
+    check_inputs(pred, gt, settings)
+    i, j, c = _match_edges(pred, gt, settings, _MODE_IDS[settings.matching])
     m = _assign(i, j, c, float(settings.matching_threshold), len(pred), len(gt))
     return Matching(len(m), len(pred) - len(m), len(gt) - len(m), m)
 
@@ -496,21 +517,26 @@ def _scores(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 
 def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_ids: Optional[Sequence[int]] = None,
-             score_thresholds: Optional[Sequence[float]] = None, id_type: str | None = "auto") -> list[dict]:
+             score_thresholds: Optional[Sequence[float]] = None, *, where: str = "matching",
+             sources: tuple[str, str] = ("predictions", "ground truth")) -> list[dict]:
     """Filter, match and score ``pred`` against ``gt`` for every score threshold.
 
-    ``pred``, ``gt``: PARTNER_DTYPE arrays (nm, (z, y, x)).  ``skeleton_ids``:
-    neuron ids for the FAFB protocol (module doc), or None to evaluate all
-    partners at once (``settings.skeleton_ids``, a path, is not read here; see
-    :func:`read_skeleton_ids`).  ``score_thresholds`` defaults to
-    ``settings.score_thresholds``; ``id_type`` as in :func:`resolve_id_type`.
+    ``pred``, ``gt``: PARTNER_DTYPE arrays (nm, (z, y, x)), checked by
+    :func:`check_inputs` (``where`` and ``sources`` name the setting and the
+    two inputs in its errors).  ``settings.matching`` says which ids must be
+    equal.  ``skeleton_ids``: neuron ids for the FAFB protocol (module doc;
+    needs ``matching = skeleton``), or None to evaluate all partners at once
+    (``settings.skeleton_ids``, a path, is not read here; see
+    :func:`read_skeleton_ids`).  ``score_thresholds`` (finite numbers)
+    defaults to ``settings.score_thresholds``.
 
     Loading, grouping and the candidate pairs (KD-trees) are computed once and
     shared by all thresholds.  Returns one dict per threshold, in the given
     order: ``score_thr, fscore, precision, recall, tpcount, fpcount, fncount,
     predcount, gtcount, num_clustered`` (predictions removed by
-    filter_redundant), ``match_id_type``, ``neurons`` (per-neuron counts, FAFB
-    protocol only) and ``settings`` (the Evaluation keys).
+    filter_redundant), ``matching``, ``pred_missing_ids`` and
+    ``gt_missing_ids`` (partners lacking the matched ids), ``neurons``
+    (per-neuron counts, FAFB protocol only) and ``settings`` (the Evaluation keys).
     """
     pred, gt = _as_partners(pred, "pred"), _as_partners(gt, "gt")
     thrs = _check_thresholds(settings.score_thresholds if score_thresholds is None else score_thresholds)
@@ -521,8 +547,12 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     if (settings.only_input_synapses or settings.only_output_synapses) and skeleton_ids is None:
         raise EvaluationError("only_input_synapses / only_output_synapses need skeleton_ids (they are per neuron)")
     if skeleton_ids is not None:
+        if settings.matching != "skeleton":
+            raise EvaluationError(f"{where}: skeleton_ids (the FAFB per-neuron protocol) needs matching = skeleton, "
+                                  f"got {settings.matching}")
         skeleton_ids = np.asarray(skeleton_ids, dtype=np.int64).reshape(-1)
-    id_type = resolve_id_type(pred, gt, skeleton_ids, id_type)
+    missing = check_inputs(pred, gt, settings, where=where, sources=sources)
+    id_type = _MODE_IDS[settings.matching]
 
     # one pass shared by all thresholds and neurons
     static = _static_mask(pred, settings)
@@ -588,7 +618,7 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
         res = {"score_thr": thr, "fscore": f, "precision": p, "recall": r,
                "tpcount": tot["tp"], "fpcount": tot["fp"], "fncount": tot["fn"],
                "predcount": tot["pred"], "gtcount": tot["gt"], "num_clustered": tot["clustered"],
-               "match_id_type": id_type if id_type is not None else "none",
+               "matching": settings.matching, **missing,
                "num_neurons": None if skeleton_ids is None else len(skeleton_ids)}
         if skeleton_ids is not None:
             res["neurons"] = per_neuron[thr]
@@ -648,7 +678,7 @@ def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(title or "synaptic partners: precision-recall")
+    ax.set_title(f"{title or 'synaptic partners: precision-recall'} (matching: {best['matching']})")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -677,7 +707,7 @@ def write_results(results: list[dict], out_dir, *, inputs: dict | None = None, t
     keys = ("score_thr", "fscore", "precision", "recall", "tpcount", "fpcount", "fncount", "predcount", "gtcount",
             "num_clustered")
     summary = {"best": {k: best[k] for k in keys}, "sweep": [{k: r[k] for k in keys} for r in results],
-               "match_id_type": best["match_id_type"], "settings": best["settings"], "inputs": inputs}
+               "matching": best["matching"], "settings": best["settings"], "inputs": inputs}
     _atomic_write(out_dir / "summary.json", dump(summary))
     plot_precision_recall(results, out_dir / "precision_recall.png", title)
     return out_dir
@@ -690,10 +720,32 @@ def _inputs_info(settings: Evaluation, pred, gt, skeleton_ids, seconds: float, *
             "eval_seconds": round(seconds, 3), **extra}
 
 
+def _file_ids(path) -> str:
+    """Where the segment ids of a partner file or CREMI container come from, in words."""
+    path = Path(path)
+    if path.suffix.lower() in _CREMI_SUFFIXES:
+        from .io.cremi import NEURON_IDS
+
+        return f"{path}/{NEURON_IDS} (looked up at the annotated sites)"
+    return f"{path} (as written in the file; its segmentation is not recorded)"
+
+
+def _log_matching(settings: Evaluation, ids: dict) -> None:
+    if settings.matching == "location":
+        logger.info("matching = location: partners match by distance only, ids are not compared")
+    elif settings.matching == "skeleton":
+        logger.info("matching = skeleton: partners match only with equal (pre_skel_id, post_skel_id)")
+    else:
+        logger.info("matching = segment: partners match only with equal (pre_seg_id, post_seg_id); predictions' "
+                    "ids from %s, ground truth's from %s", ids["predictions"], ids["ground_truth"])
+
+
 def evaluate_config(path, out_dir=None) -> tuple[list[dict], Path]:
     """Evaluate what an evaluation JSON config names; write the results into ``out_dir``.
 
     ``out_dir`` defaults to ``<config folder>/<config stem>_evaluation``.
+    Every results file records ``matching`` and, under
+    ``inputs.segment_ids``, where each side's segment ids came from.
     Returns (per-threshold results, out_dir).
     """
     path = Path(path)
@@ -701,17 +753,24 @@ def evaluate_config(path, out_dir=None) -> tuple[list[dict], Path]:
     pred = read_partners(settings.pred_synlinks)
     gt = read_ground_truth(settings.gt_synlinks)
     skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
+    ids = {"predictions": _file_ids(settings.pred_synlinks), "ground_truth": _file_ids(settings.gt_synlinks)}
+    _log_matching(settings, ids)
     start = time.perf_counter()
-    results = evaluate(pred, gt, settings, skel)
+    results = evaluate(pred, gt, settings, skel, where=f"{path} matching",
+                       sources=(settings.pred_synlinks, settings.gt_synlinks))
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir) if out_dir is not None else path.parent / f"{path.stem}_evaluation"
-    write_results(results, out_dir, inputs=_inputs_info(settings, pred, gt, skel, seconds, config=str(path.resolve())),
+    write_results(results, out_dir, inputs=_inputs_info(settings, pred, gt, skel, seconds, config=str(path.resolve()),
+                                                        segment_ids=ids),
                   title=path.stem)
     return results, out_dir
 
 
-def _run_ground_truth(prediction, where: str) -> tuple[np.ndarray, str]:
-    """Ground truth of the manifest sample a run predicted, restricted to its [Prediction] ROI when set."""
+def _run_ground_truth(prediction, where: str) -> tuple[np.ndarray, str, str]:
+    """Ground truth of the manifest sample a run predicted, restricted to its [Prediction] ROI when set.
+
+    Returns (partners, their source, where their segment ids came from).
+    """
     from .config import read_train_config
     from .io.manifest import read_manifest, read_sample_partners
 
@@ -730,13 +789,68 @@ def _run_ground_truth(prediction, where: str) -> tuple[np.ndarray, str]:
         what = (f"{prediction.split_part} sample" if prediction.raw_container is None
                 else f"sample with container {prediction.raw_container}")
         raise EvaluationError(f"{where}: not set, and the manifest {manifest} has no {what}; set gt_synlinks")
-    gt = read_sample_partners(chosen[0])
+    sample = chosen[0]
+    gt = read_sample_partners(sample)
     if prediction.roi_offset is not None and prediction.roi_shape is not None and len(gt):
         begin = np.asarray(prediction.roi_offset)
         end = begin + np.asarray(prediction.roi_shape)
         post = _sites(gt, "post")
         gt = gt[np.all((post >= begin) & (post < end), axis=1)]
-    return gt, f"manifest {manifest} sample {chosen[0].name}"
+    labels = f"{sample.container}/{sample.labels_dataset}" if sample.labels_dataset else None
+    if sample.annotations_in_container:
+        ids = f"{labels} (looked up at the annotated sites)" if labels else "none (the sample has no labels)"
+    else:
+        ids = f"{sample.annotations}" + (f" (ids missing there looked up in {labels})" if labels else "")
+    return gt, f"manifest {manifest} sample {sample.name}", ids
+
+
+def _run_segmentation(predict_dir: Path, extraction) -> tuple[str, str] | None:
+    """(container, dataset) the run's partners took their segment ids from, or None.
+
+    The run's extraction summary records the [Extraction] it ran with; without
+    one, the current [Extraction] is taken.
+    """
+    container, dataset = extraction.seg_container, extraction.seg_dataset
+    summary = predict_dir / "extraction_summary.json"
+    if summary.is_file():
+        try:
+            used = json.loads(summary.read_text()).get("config", {})
+            container, dataset = used.get("seg_container", container), used.get("seg_dataset", dataset)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return None if container is None else (str(container), str(dataset))
+
+
+def _check_same_segmentation(gt: np.ndarray, seg: tuple[str, str], gt_ids: str, where: str) -> str:
+    """Refuse ground-truth segment ids that disagree with ``seg`` (the predictions' segmentation) at the gt sites.
+
+    Returns a one-line account of the check for the results file.
+    """
+    from .io.volumes import lookup_ids, open_volume
+
+    try:
+        labels = open_volume(seg[0], seg[1])
+    except SynfulError as e:
+        raise EvaluationError(f"{where} = segment: cannot open the predictions' segmentation: {e}") from None
+    checked = 0
+    for prefix in ("pre", "post"):
+        ids = gt[f"{prefix}_seg_id"]
+        known = np.flatnonzero(ids != NO_ID)
+        found = lookup_ids(labels, _sites(gt[known], prefix))
+        inside = found != NO_ID
+        checked += int(inside.sum())
+        bad = np.flatnonzero(inside & (found != ids[known]))
+        if len(bad):
+            i = int(known[bad[0]])
+            raise EvaluationError(
+                f"{where} = segment: the ground truth's segment ids ({gt_ids}) differ from the predictions' "
+                f"segmentation {seg[0]}/{seg[1]} ([Extraction] seg_container, seg_dataset) at {len(bad)} "
+                f"{prefix} site(s), first ground-truth record {i}: {prefix}_seg_id {int(ids[i])} vs "
+                f"{int(found[bad[0]])}; ids of two segmentations cannot be compared: extract with the ground "
+                f"truth's segmentation, or set matching = location")
+    if not checked:
+        return f"not checked: no ground-truth site with a segment id lies inside {seg[0]}/{seg[1]}"
+    return f"ground-truth ids equal {seg[0]}/{seg[1]} at all {checked} ground-truth sites inside it"
 
 
 def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
@@ -747,32 +861,48 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
     set, else the partners of the manifest sample the run predicted (the
     first ``split_part`` sample of the training manifest, or the sample whose
     container is ``raw_container``; post sites restricted to the [Prediction]
-    ROI when one is set).  Results go to
-    ``out_dir`` (default ``<predict_dir>/evaluation``).  Returns (results, out_dir).
+    ROI when one is set).  With ``matching = segment`` and predictions from
+    the store, the ground truth's segment ids must equal the run's
+    segmentation ([Extraction] seg_container / seg_dataset) at every
+    ground-truth site inside it, else :class:`EvaluationError`.  Results go to
+    ``out_dir`` (default ``<predict_dir>/evaluation``); each file records
+    ``matching`` and, under ``inputs.segment_ids``, where each side's ids came
+    from.  Returns (results, out_dir).
     """
     predict_dir = Path(predict_dir).resolve()
     ini = predict_dir / "predict_config.ini"
     if not ini.is_file():
         raise EvaluationError(f"{predict_dir}: not a prediction setup (no predict_config.ini)")
-    cfg = read_predict_config(ini)
-    settings = check_settings(cfg.evaluation, f"{ini} [Evaluation]")
+    cfg = read_predict_config(ini)  # includes the [Evaluation] cross-key checks
+    settings = cfg.evaluation
+    seg = None
     if settings.pred_synlinks is not None:
         pred = read_partners(settings.pred_synlinks)
         pred_source = settings.pred_synlinks
+        pred_ids = _file_ids(settings.pred_synlinks)
     else:
         from .store import open_run_store
 
         with open_run_store(predict_dir) as store:
             pred = store.query()
             pred_source = f"{store!r}"
+        seg = _run_segmentation(predict_dir, cfg.extraction)
+        pred_ids = (f"{seg[0]}/{seg[1]} ([Extraction] seg_container, seg_dataset)" if seg
+                    else "none ([Extraction] seg_container = None)")
     if settings.gt_synlinks is not None:
         gt = read_ground_truth(settings.gt_synlinks)
         gt_source = settings.gt_synlinks
+        gt_ids = _file_ids(settings.gt_synlinks)
     else:
-        gt, gt_source = _run_ground_truth(cfg.prediction, f"{ini} [Evaluation] gt_synlinks")
+        gt, gt_source, gt_ids = _run_ground_truth(cfg.prediction, f"{ini} [Evaluation] gt_synlinks")
+    ids = {"predictions": pred_ids, "ground_truth": gt_ids}
+    where = f"{ini} [Evaluation] matching"
+    if settings.matching == "segment" and seg is not None and len(gt):
+        ids["check"] = _check_same_segmentation(gt, seg, gt_ids, where)
+    _log_matching(settings, ids)
     skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
     start = time.perf_counter()
-    results = evaluate(pred, gt, settings, skel)
+    results = evaluate(pred, gt, settings, skel, where=where, sources=(pred_source, gt_source))
     seconds = time.perf_counter() - start
     try:
         from .scaffold import run_ids
@@ -783,5 +913,5 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
     out_dir = Path(out_dir) if out_dir is not None else predict_dir / "evaluation"
     write_results(results, out_dir, title=title,
                   inputs=_inputs_info(settings, pred, gt, skel, seconds, predictions=pred_source,
-                                      ground_truth=gt_source, run=title))
+                                      ground_truth=gt_source, run=title, segment_ids=ids))
     return results, out_dir

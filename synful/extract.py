@@ -27,6 +27,11 @@ Method (``[Extraction]`` of predict_config.ini):
    max_distance``; segment ids looked up at both sites when a segmentation is
    configured (NO_ID outside it), optionally dropping same-segment pairs.
 
+Stored values times the dataset's ``scale`` attribute are probabilities
+(indicator) and nm (vectors); prediction writes it.  A dataset without it
+needs ``[Extraction] indicator_scale`` / ``partner_vectors_scale``, otherwise
+extraction refuses to start (a uint8 indicator would read as 0..255).
+
 Partner ids are deterministic: the post site's voxel index, 21 bits per axis
 (see :func:`partner_id`).  A partner belongs to the block whose write ROI
 holds its post site; the read ROI adds ``context`` nm on every side so that a
@@ -319,20 +324,55 @@ def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset
 # --------------------------------------------------------------------------------------
 
 def _open_array(container, dataset, what: str):
-    """A funlib.persistence Array of ``container/dataset`` and its "scale" attribute (1.0 when absent)."""
+    """A funlib.persistence Array of ``container/dataset``; ExtractionError naming it when it cannot be opened."""
     from .io.volumes import open_volume
 
     try:
-        array = open_volume(str(container), dataset)
+        return open_volume(str(container), dataset)
     except SynfulError as e:
         raise ExtractionError(f"{e} (the {what} dataset; run prediction first?)") from None
     except Exception as e:
         raise ExtractionError(f"{container} [{dataset}]: cannot open {what} dataset: {e}") from None
+
+
+def _dataset_attrs(array, container, dataset) -> dict:
+    """The attributes stored with ``container/dataset`` (zarr v2, HDF5, zarr v3 or N5)."""
+    from .io.volumes import volume_format
+
+    fmt = volume_format(Path(container), dataset)
+    if fmt in ("zarr3", "n5"):
+        meta = Path(container) / str(dataset).strip("/") / ("zarr.json" if fmt == "zarr3" else "attributes.json")
+        data = json.loads(meta.read_text())
+        return dict(data.get("attributes", {}) if fmt == "zarr3" else data)
+    source = getattr(array, "_source_data", None)  # the zarr / h5py dataset behind the funlib Array
+    return dict(getattr(source, "attrs", None) or array.attrs)
+
+
+def _stored_scale(array, container, dataset, override, key: str, where: str) -> float:
+    """What one stored unit of ``array`` means (probability, or nm): its ``scale`` attribute, else ``override``.
+
+    Prediction writes ``scale`` on its outputs; a dataset without it (written
+    by another tool) needs ``[Extraction] <key>``, since guessing would read
+    e.g. a uint8 indicator as 0..255.  A non-numeric, non-finite or
+    non-positive attribute, and an attribute that disagrees with ``override``,
+    are errors.
+    """
+    raw = _dataset_attrs(array, container, dataset).get("scale")
+    if raw is None:
+        if override is None:
+            raise ExtractionError(f"{container}/{dataset}: no 'scale' attribute (what one stored unit means); "
+                                  f"set {where} {key}, or write the attribute")
+        return float(override)
     try:
-        scale = float(array.attrs.get("scale", 1.0))
-    except Exception:
-        scale = 1.0
-    return array, scale
+        scale = float(raw)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ExtractionError(f"{container}/{dataset}: 'scale' attribute must be a finite number > 0, got {raw!r}")
+    if override is not None and not np.isclose(scale, float(override), rtol=1e-6, atol=0):
+        raise ExtractionError(f"{where} {key}: {override!r} disagrees with the 'scale' attribute {scale!r} of "
+                              f"{container}/{dataset}; remove {key} (it is for datasets without the attribute)")
+    return scale
 
 
 class _Run:
@@ -343,11 +383,17 @@ class _Run:
         from .store import store_from_config
 
         self.predict_dir = Path(predict_dir).resolve()
-        cfg = read_predict_config(self.predict_dir / "predict_config.ini")
+        ini = self.predict_dir / "predict_config.ini"
+        cfg = read_predict_config(ini)
         self.cfg = cfg.extraction
         p = cfg.prediction
-        self.indicator, self.indicator_scale = _open_array(p.out_container, p.indicator_dataset, "indicator")
-        self.vectors, self.vectors_scale = _open_array(p.out_container, p.vectors_dataset, "partner-vector")
+        self.indicator = _open_array(p.out_container, p.indicator_dataset, "indicator")
+        self.vectors = _open_array(p.out_container, p.vectors_dataset, "partner-vector")
+        self.indicator_scale = _stored_scale(self.indicator, p.out_container, p.indicator_dataset,
+                                             self.cfg.indicator_scale, "indicator_scale", f"{ini} [Extraction]")
+        self.vectors_scale = _stored_scale(self.vectors, p.out_container, p.vectors_dataset,
+                                           self.cfg.partner_vectors_scale, "partner_vectors_scale",
+                                           f"{ini} [Extraction]")
         if tuple(self.vectors.shape[:1]) != (3,) or self.vectors.roi != self.indicator.roi \
                 or self.vectors.voxel_size != self.indicator.voxel_size:
             raise ExtractionError(
@@ -356,7 +402,7 @@ class _Run:
                 f"voxel size {self.vectors.voxel_size} vs {self.indicator.roi}, {self.indicator.voxel_size})")
         self.segmentation = None
         if self.cfg.seg_container is not None:
-            self.segmentation, _ = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation")
+            self.segmentation = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation")
         if self.cfg.split_by_segment:
             where = f"{self.predict_dir / 'predict_config.ini'} [Extraction] split_by_segment"
             if self.segmentation is None:

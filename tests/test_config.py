@@ -63,6 +63,54 @@ def test_bad_values_name_file_section_key(tmp_path, line, key, fragment):
     assert fragment in msg
 
 
+def _predict_ini(tmp_path, section: str, line: str) -> Path:
+    p = tmp_path / "predict_config.ini"
+    body = {"Prediction": "iteration = 10\n", "Extraction": "", "Evaluation": ""}
+    body[section] += line + "\n"
+    p.write_text("".join(f"[{k}]\n{v}" for k, v in body.items()))
+    return p
+
+
+@pytest.mark.parametrize("section, line, fragment", [
+    # nan < lo and nan > hi are both false: the old range check let nan through
+    ("Extraction", "cc_threshold = nan", "expected a finite number, got nan"),
+    ("Extraction", "score_thr = inf", "expected a finite number, got inf"),          # no upper bound
+    ("Extraction", "max_distance = inf", "expected a finite number, got inf"),       # Optional[float]
+    ("Evaluation", "matching_threshold = -inf", "expected a finite number, got -inf"),
+    ("Evaluation", "score_thresholds = 0, 5, NaN", "expected a finite number, got 0.0, 5.0, nan"),
+    ("Prediction", "block_timeout = Infinity", "expected a finite number, got inf"),
+    ("Extraction", "indicator_scale = 0", "must be > 0, got 0.0"),
+    ("Extraction", "partner_vectors_scale = nan", "expected a finite number"),
+    ("Evaluation", "matching = segments", "expected one of location, segment, skeleton, got 'segments'"),
+    ("Evaluation", "skeleton_ids = ids.txt", "skeleton_ids (the FAFB per-neuron protocol) needs matching = skeleton"),
+])
+def test_non_finite_and_cross_key_values_name_file_section_key(tmp_path, section, line, fragment):
+    p = _predict_ini(tmp_path, section, line)
+    key = "matching" if line.startswith("skeleton_ids") else line.split("=")[0].strip()
+    with pytest.raises(ConfigError) as e:
+        read_predict_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p} [{section}] {key}: "), msg
+    assert fragment in msg, msg
+
+
+def test_non_finite_float_tuples(tmp_path):
+    p = _train_ini(tmp_path, "[Training]\nbalance_clip = 0.01, nan\n")
+    with pytest.raises(ConfigError, match=r"\[Training\] balance_clip: expected a finite number, got 0.01, nan$"):
+        read_train_config(p)
+
+
+def test_validate_cli_refuses_nan(tmp_path, capsys):
+    from synful.cli import main
+
+    p = _predict_ini(tmp_path, "Extraction", "cc_threshold = nan")
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {p} [Extraction] cc_threshold: expected a finite number, got nan"]
+    p = _predict_ini(tmp_path, "Extraction", "cc_threshold = 0.7")
+    assert main(["validate", str(p)]) == 0
+
+
 def test_example_message_format(tmp_path):
     p = _train_ini(tmp_path, "[Training]\nfmap_num = four\n")
     with pytest.raises(ConfigError, match=r"02_train/setup_t0/train_config.ini \[Training\] fmap_num: "

@@ -15,15 +15,16 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from synful.config import ConfigError, Evaluation
-from synful.evaluate import (EvaluationError, evaluate, evaluate_config, evaluate_run, filter_partners,
-                             match_partners, read_evaluation_json, read_skeleton_ids, resolve_id_type,
+from synful.evaluate import (EvaluationError, check_inputs, evaluate, evaluate_config, evaluate_run,
+                             filter_partners, match_partners, read_evaluation_json, read_skeleton_ids,
                              results_filename)
 from synful.io.partners import NO_ID, empty_partners, write_partners_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# no filters unless a test turns one on
+# no filters unless a test turns one on; matching = location (the default)
 PLAIN = Evaluation(filter_same_id=False, filter_redundant=False, filter_seg_ids=[], matching_threshold=100.0)
+MODE = {"seg": "segment", "skel": "skeleton"}  # id type -> the matching mode that compares it
 
 
 def S(**kw) -> Evaluation:
@@ -202,22 +203,78 @@ def test_matching_by_id_pairs(kind):
              L((0, 0, 0), (0, 0, 0), **{other: (5, 6)}))                # id missing: infeasible: fp
     gt = P(L((0, 0, 0), (0, 0, 0), **{kind: (1, 2), other: (7, 8)}),
            L((0, 0, 0), (0, 0, 0), **{kind: (2, 1), other: (5, 6)}))    # reversed pair: fn
-    assert match_partners(pred, gt, PLAIN, id_type=kind)[:3] == (1, 2, 1)
+    assert match_partners(pred, gt, S(matching=MODE[kind]))[:3] == (1, 2, 1)
     # by the other id type only g1 (5, 6) can be matched (to p0, p1 or p2): 1 tp
-    assert match_partners(pred, gt, PLAIN, id_type=other)[:3] == (1, 2, 1)
-    # without ids every pair is feasible: 2 tp
-    assert match_partners(pred, gt, PLAIN, id_type=None)[:3] == (2, 1, 0)
+    assert match_partners(pred, gt, S(matching=MODE[other]))[:3] == (1, 2, 1)
+    # location (the default): ids are not compared, every pair is feasible: 2 tp
+    assert match_partners(pred, gt, PLAIN)[:3] == (2, 1, 0)
 
 
-def test_resolve_id_type():
-    seg_only = P(L((0, 0, 0), (0, 0, 0), seg=(1, 2)))
-    both = P(L((0, 0, 0), (0, 0, 0), seg=(1, 2), skel=(3, 4)))
-    bare = P(L((0, 0, 0), (0, 0, 0)))
-    assert resolve_id_type(both, both) == "skel"
-    assert resolve_id_type(both, seg_only) == "seg"
-    assert resolve_id_type(seg_only, bare) is None
-    assert resolve_id_type(seg_only, bare, skeleton_ids=[3]) == "skel"
-    assert resolve_id_type(both, both, id_type="seg") == "seg"
+def test_matching_mode_comes_from_the_settings_not_the_data():
+    # both sides carry skeleton and segment ids; the old code picked skeleton ids from the data
+    pred = P(L((0, 0, 0), (0, 0, 0), seg=(1, 2), skel=(3, 4)))
+    gt = P(L((0, 0, 0), (0, 0, 10), seg=(1, 2), skel=(3, 5)))    # same segments, other post skeleton
+    assert counts(evaluate(pred, gt, PLAIN)[0]) == (1, 0, 0)
+    assert counts(evaluate(pred, gt, S(matching="segment"))[0]) == (1, 0, 0)
+    assert counts(evaluate(pred, gt, S(matching="skeleton"))[0]) == (0, 1, 1)
+    for mode in ("location", "segment", "skeleton"):
+        r = evaluate(pred, gt, S(matching=mode))[0]
+        assert r["matching"] == mode and r["settings"]["matching"] == mode
+        assert (r["pred_missing_ids"], r["gt_missing_ids"]) == (0, 0)
+    assert Evaluation().matching == "location"
+
+
+@pytest.mark.parametrize("mode, kind", [("segment", "seg"), ("skeleton", "skel")])
+def test_a_requested_id_type_the_inputs_lack_is_an_error(mode, kind):
+    bare = P(L((0, 0, 0), (0, 0, 0)), L((0, 0, 0), (0, 0, 500)))
+    with_ids = P(L((0, 0, 0), (0, 0, 0), **{kind: (1, 2)}), L((0, 0, 0), (0, 0, 500), **{kind: (1, 2)}))
+    s = S(matching=mode)
+    # the old code fell back to location matching here (2 tp); now each side is checked
+    with pytest.raises(EvaluationError, match=rf"^cfg.json matching = {mode}: all 2 predicted partners "
+                                              rf"\(pred.json\) lack pre_{kind}_id or post_{kind}_id"):
+        evaluate(bare, with_ids, s, where="cfg.json matching", sources=("pred.json", "gt.json"))
+    with pytest.raises(EvaluationError, match=rf"all 2 ground-truth partners \(gt.json\) lack pre_{kind}_id"):
+        evaluate(with_ids, bare, s, where="cfg.json matching", sources=("pred.json", "gt.json"))
+    with pytest.raises(EvaluationError, match="all 2 predicted partners"):
+        match_partners(bare, with_ids, s)
+    # some partners without ids: allowed, they cannot match, and the count is recorded
+    some = with_ids.copy()
+    some[f"post_{kind}_id"][1] = NO_ID
+    r = evaluate(some, with_ids, s)[0]
+    assert counts(r) == (1, 1, 1) and r["pred_missing_ids"] == 1 and r["gt_missing_ids"] == 0
+    assert check_inputs(some, with_ids, s) == {"pred_missing_ids": 1, "gt_missing_ids": 0}
+    # location needs no ids
+    assert counts(evaluate(bare, with_ids, PLAIN)[0]) == (2, 0, 0)
+
+
+def test_skeleton_ids_need_skeleton_matching():
+    pred, gt = _fafb_case()
+    with pytest.raises(EvaluationError, match="skeleton_ids .* needs matching = skeleton, got location"):
+        evaluate(pred, gt, PLAIN, skeleton_ids=[1, 2])
+
+
+def test_nan_scores_and_duplicates_are_refused():
+    pred, gt = _fafb_case()
+    s = S(matching="skeleton")
+    # the old code dropped a NaN-scored prediction at every threshold (nan >= thr is false)
+    bad = pred.copy()
+    bad["score"][2] = np.nan
+    with pytest.raises(EvaluationError, match=r"^pred.json\[2\] score: expected a finite number, got nan"):
+        evaluate(bad, gt, s, sources=("pred.json", "gt.json"))
+    with pytest.raises(EvaluationError, match=r"score_thresholds: expected finite numbers"):
+        evaluate(pred, gt, s, score_thresholds=[0.0, float("inf")])
+    # a duplicated prediction: the old code counted the copy as a false positive
+    twice = np.concatenate([pred, pred[1:2]])
+    with pytest.raises(EvaluationError, match=r"^predictions\[4\] id: duplicate id 1 \(first at record 1\)"):
+        evaluate(twice, gt, s)
+    twice["id"][4] = 99  # the same partner under another id
+    with pytest.raises(EvaluationError, match=r"^predictions\[4\]: duplicate record: the sites and segment/"
+                                              r"skeleton ids of record 1 \(ids 1 and 99\)"):
+        evaluate(twice, gt, s)
+    gt2 = np.concatenate([gt, gt[:1]])
+    gt2["id"][-1] = 7
+    with pytest.raises(EvaluationError, match=r"^ground truth\[3\]: duplicate record"):
+        evaluate(pred, gt2, s)
 
 
 def _reference_match(pred, gt, t, mode, kind):
@@ -269,7 +326,7 @@ def test_matching_equals_dense_per_group_reference(mode):
         s = S(matching_threshold=300.0, matching_threshold_only_pre=mode == "pre",
               matching_threshold_only_post=mode == "post")
         for kind in ("seg", "skel"):
-            tp, fp, fn, m = match_partners(pred, gt, s, id_type=kind)
+            tp, fp, fn, m = match_partners(pred, gt, dataclasses.replace(s, matching=MODE[kind]))
             assert tp == _reference_match(pred, gt, 300.0, mode, kind)
             assert (fp, fn) == (len(pred) - tp, len(gt) - tp)
             assert len(set(m["pred"])) == len(set(m["gt"])) == tp and np.all(m["cost"] <= 300.0)
@@ -302,13 +359,13 @@ def _fafb_case():
 
 def test_fafb_protocol_counts_links_between_listed_neurons_twice():
     pred, gt = _fafb_case()
-    s = S(score_thresholds=[0.0, 2.0])
+    s = S(score_thresholds=[0.0, 2.0], matching="skeleton")
     r0, r2 = evaluate(pred, gt, s, skeleton_ids=[1, 2])
     # neuron 1: pred p0 p1 p2, gt g0 g1 -> tp 2, fp 1, fn 0
     # neuron 2: pred p0,       gt g0 g2 -> tp 1, fp 0, fn 1      (p0/g0 counted again)
     assert counts(r0) == (3, 1, 1) and (r0["predcount"], r0["gtcount"]) == (4, 4)
     assert r0["precision"] == pytest.approx(0.75) and r0["recall"] == pytest.approx(0.75)
-    assert r0["fscore"] == pytest.approx(0.75) and r0["match_id_type"] == "skel"
+    assert r0["fscore"] == pytest.approx(0.75) and r0["matching"] == "skeleton"
     assert [n["skel_id"] for n in r0["neurons"]] == [1, 2]
     assert counts(r2) == (3, 0, 1)                         # p2 (score 1) is below 2
     # all at once (no neuron list): each link once; p3 is an fp, matched by skel ids
@@ -319,10 +376,10 @@ def test_fafb_protocol_counts_links_between_listed_neurons_twice():
 def test_fafb_protocol_only_inputs_and_only_outputs():
     pred, gt = _fafb_case()
     # inputs (post skel id): neuron 1: p1 / g1 -> tp 1; neuron 2: p0 / g0 -> tp 1
-    r = evaluate(pred, gt, S(only_input_synapses=True), skeleton_ids=[1, 2])[0]
+    r = evaluate(pred, gt, S(only_input_synapses=True, matching="skeleton"), skeleton_ids=[1, 2])[0]
     assert counts(r) == (2, 0, 0)
     # outputs (pre skel id): neuron 1: p0 p2 / g0 -> tp 1 fp 1; neuron 2: none / g2 -> fn 1
-    r = evaluate(pred, gt, S(only_output_synapses=True), skeleton_ids=[1, 2])[0]
+    r = evaluate(pred, gt, S(only_output_synapses=True, matching="skeleton"), skeleton_ids=[1, 2])[0]
     assert counts(r) == (1, 1, 1)
     with pytest.raises(EvaluationError, match="only_input_synapses and only_output_synapses"):
         evaluate(pred, gt, S(only_input_synapses=True, only_output_synapses=True), skeleton_ids=[1])
@@ -336,7 +393,8 @@ def test_fafb_protocol_filters_apply_per_neuron():
     pred = P(L((0, 0, 0), (0, 0, 0), skel=(1, 9), seg=(5, 6), score=1),
              L((0, 0, 0), (0, 0, 50), skel=(2, 9), seg=(5, 6), score=2))
     gt = P(L((0, 0, 0), (0, 0, 0), skel=(1, 9)))
-    s = S(filter_redundant=True, filter_redundant_dist_thr=100.0, filter_redundant_id_type="seg")
+    s = S(filter_redundant=True, filter_redundant_dist_thr=100.0, filter_redundant_id_type="seg",
+          matching="skeleton")
     # per neuron nothing is clustered: neuron 1 tp 1; neuron 2 fp 1
     r = evaluate(pred, gt, s, skeleton_ids=[1, 2])[0]
     assert counts(r) == (1, 1, 0) and r["num_clustered"] == 0
@@ -350,7 +408,7 @@ def test_sweep_equals_filter_then_match_per_threshold():
     pred, gt = _random_partners(rng, 400, 6, 3000), _random_partners(rng, 300, 6, 3000)
     s = Evaluation(matching_threshold=250.0, filter_seg_ids=[0], filter_same_id=True, filter_same_id_type="skel",
                    filter_redundant=True, filter_redundant_dist_thr=120.0, filter_redundant_id_type="skel",
-                   filter_redundant_ignore_ids=[3], score_thresholds=[0.0, 0.3, 0.6, 0.9])
+                   filter_redundant_ignore_ids=[3], score_thresholds=[0.0, 0.3, 0.6, 0.9], matching="skeleton")
     neurons = [1, 2, 4]
     results = evaluate(pred, gt, s, skeleton_ids=neurons)
     for res in results:
@@ -358,7 +416,7 @@ def test_sweep_equals_filter_then_match_per_threshold():
         for n in neurons:
             ps = pred[(pred["pre_skel_id"] == n) | (pred["post_skel_id"] == n)]
             gs = gt[(gt["pre_skel_id"] == n) | (gt["post_skel_id"] == n)]
-            m = match_partners(filter_partners(ps, s, res["score_thr"]), gs, s, id_type="skel")
+            m = match_partners(filter_partners(ps, s, res["score_thr"]), gs, s)
             tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
         assert counts(res) == (tp, fp, fn)
     assert [r["score_thr"] for r in results] == [0.0, 0.3, 0.6, 0.9]
@@ -375,7 +433,8 @@ def _write_case(d: Path, **cfg) -> Path:
     write_partners_json(gt, d / "data" / "gt.json")
     (d / "data" / "skel.txt").write_text("1\n2\n")
     config = {"pred_synlinks": "data/pred.json", "gt_synlinks": "data/gt.json", "skeleton_ids": "data/skel.txt",
-              "score_thresholds": [0, 2], "matching_threshold": 100, "matching_threshold_only_pre": False,
+              "matching": "skeleton", "score_thresholds": [0, 2], "matching_threshold": 100,
+              "matching_threshold_only_pre": False,
               "matching_threshold_only_post": False, "only_input_synapses": False, "only_output_synapses": False,
               "filter_same_id": True, "filter_same_id_type": "skel", "filter_redundant": True,
               "filter_redundant_dist_thr": 50, "filter_redundant_id_type": "skel",
@@ -410,6 +469,11 @@ def test_read_evaluation_json_types_and_paths(tmp_path):
     ({"only_input_synapses": True, "only_output_synapses": True}, "cannot both be true"),
     ({"matching_threshold_only_pre": True, "matching_threshold_only_post": True}, "cannot both be true"),
     ({"skeleton_ids": None, "only_input_synapses": True}, "only_input_synapses: needs skeleton_ids"),
+    ({"matching": "segments"}, "matching: expected one of location, segment, skeleton"),
+    ({"matching": "location"}, "matching: skeleton_ids (the FAFB per-neuron protocol) needs matching = skeleton"),
+    ({"matching_threshold": float("nan")}, "matching_threshold: expected a finite number, got NaN"),
+    ({"filter_redundant_dist_thr": float("inf")}, "filter_redundant_dist_thr: expected a finite number"),
+    ({"score_thresholds": [0, float("-inf")]}, "score_thresholds: expected a finite number"),
 ])
 def test_read_evaluation_json_errors(tmp_path, cfg, message):
     path = _write_case(tmp_path, **cfg)
@@ -449,9 +513,10 @@ def test_evaluate_config_writes_results_and_plot(tmp_path):
                   "score_thr", "settings"):
             assert k in data
         assert data["settings"]["matching_threshold"] == 100.0 and data["inputs"]["num_pred"] == 4
+        assert data["matching"] == "skeleton" and "segment_ids" in data["inputs"]
     assert results_filename(2.0) == "results_thr2.json" and results_filename(0.05) == "results_thr0.05.json"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["best"]["score_thr"] == 2.0 and len(summary["sweep"]) == 2
+    assert summary["best"]["score_thr"] == 2.0 and len(summary["sweep"]) == 2 and summary["matching"] == "skeleton"
     png = (out / "precision_recall.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
@@ -487,7 +552,8 @@ def test_evaluate_run_reads_the_run_store(tmp_path):
     (tmp_path / "skel.txt").write_text("1\n2\n")
     create_train_setup(tmp_path, "exp", 0)
     evaluation = {"gt_synlinks": str(tmp_path / "gt.json"), "skeleton_ids": str(tmp_path / "skel.txt"),
-                  "score_thresholds": [0.0, 2.0], "matching_threshold": 100.0, "filter_same_id_type": "skel",
+                  "matching": "skeleton", "score_thresholds": [0.0, 2.0], "matching_threshold": 100.0,
+                  "filter_same_id_type": "skel",
                   "filter_redundant_id_type": "skel"}
     (setup,) = create_predict_setups(tmp_path, "exp", 0, [1000],
                                      overrides={"predict_config.ini": {"Evaluation": evaluation}})
@@ -500,9 +566,17 @@ def test_evaluate_run_reads_the_run_store(tmp_path):
     assert [counts(r) for r in results] == [(3, 1, 1), (3, 0, 1)]
     data = json.loads((out / "results_thr0.json").read_text())
     assert data["inputs"]["run"] == "exp_t0_p0" and data["inputs"]["num_pred"] == 4
+    assert all(json.loads(f.read_text())["matching"] == "skeleton" for f in out.glob("results_thr*.json"))
     assert (out / "precision_recall.png").is_file()
     with pytest.raises(EvaluationError, match="not a prediction setup"):
         evaluate_run(tmp_path)
+    # predictions read from the store are checked like files: the same partners again under other ids
+    copy = pred[:1].copy()
+    copy["id"] = 1000
+    with open_run_store(setup) as store:
+        store.write_block(2, copy)
+    with pytest.raises(EvaluationError, match=r"^SQLiteStore\(.*\)\[4\]: duplicate record: .* of record 0"):
+        evaluate_run(setup)
 
 
 def _cremi_case(d: Path) -> tuple[Path, np.ndarray]:
@@ -522,11 +596,19 @@ def test_cremi_ground_truth_matched_by_segment_ids(tmp_path):
     path, pred = _cremi_case(tmp_path)
     write_partners_json(pred, tmp_path / "pred.json")
     cfg = tmp_path / "cremi_eval.json"
-    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50}))
+    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50,
+                               "matching": "segment"}))
     results, out = evaluate_config(cfg)
     assert out == tmp_path / "cremi_eval_evaluation"
     (r,) = results
-    assert counts(r) == (1, 1, 1) and r["match_id_type"] == "seg"
+    assert counts(r) == (1, 1, 1) and r["matching"] == "segment"
+    ids = json.loads((out / "results_thr0.json").read_text())["inputs"]["segment_ids"]
+    assert ids["ground_truth"].startswith(f"{tmp_path / 'sample.hdf'}/volumes/labels/neuron_ids")
+    assert "not recorded" in ids["predictions"]
+    # location matching (the default) on the same files: p1 sits on g1
+    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50}))
+    (r,) = evaluate_config(cfg)[0]
+    assert counts(r) == (2, 0, 0) and r["matching"] == "location"
 
 
 def test_evaluate_run_ground_truth_from_the_manifest(tmp_path):
@@ -539,10 +621,69 @@ def test_evaluate_run_ground_truth_from_the_manifest(tmp_path):
     (data / "manifest.yaml").write_text("samples:\n  - name: s0\n    container: sample.hdf\n    split: test\n")
     create_train_setup(tmp_path, "exp", 0)
     (setup,) = create_predict_setups(tmp_path, "exp", 0, [10], overrides={
-        "predict_config.ini": {"Evaluation": {"matching_threshold": 50.0, "score_thresholds": [0.0, 5.0]}}})
+        "predict_config.ini": {"Evaluation": {"matching_threshold": 50.0, "score_thresholds": [0.0, 5.0],
+                                              "matching": "segment"}}})
     with open_run_store(setup) as store:
         store.create()
         store.write_block(0, pred)
     results, out = evaluate_run(setup, tmp_path / "res")
     assert [counts(r) for r in results] == [(1, 1, 1), (0, 0, 2)]
     assert "sample s0" in json.loads((out / "summary.json").read_text())["inputs"]["ground_truth"]
+
+
+def test_evaluate_run_segment_matching_checks_one_segmentation(tmp_path):
+    from synful.config import fill_template
+    from synful.io.volumes import write_volume
+    from synful.scaffold import create_predict_setups, create_train_setup
+    from synful.store import open_run_store
+
+    data = tmp_path / "exp" / "01_data"
+    data.mkdir(parents=True)
+    sample, pred = _cremi_case(data)
+    (data / "manifest.yaml").write_text("samples:\n  - name: s0\n    container: sample.hdf\n    split: test\n")
+    create_train_setup(tmp_path, "exp", 0)
+    (setup,) = create_predict_setups(tmp_path, "exp", 0, [10], overrides={"predict_config.ini": {
+        "Extraction": {"seg_container": str(sample)},
+        "Evaluation": {"matching_threshold": 50.0, "matching": "segment"}}})
+    with open_run_store(setup) as store:
+        store.create()
+        store.write_block(0, pred)
+    (r,) = evaluate_run(setup, tmp_path / "res")[0]
+    assert counts(r) == (1, 1, 1) and r["matching"] == "segment"
+    ids = json.loads((tmp_path / "res" / "results_thr0.json").read_text())["inputs"]["segment_ids"]
+    assert ids["predictions"] == f"{sample}/volumes/labels/neuron_ids ([Extraction] seg_container, seg_dataset)"
+    assert ids["ground_truth"].startswith(f"{sample}/volumes/labels/neuron_ids")
+    assert ids["check"].endswith("at all 4 ground-truth sites inside it")
+
+    # predictions from another segmentation: the same two neurons under other ids (7, 8)
+    other = tmp_path / "other.zarr"
+    labels = np.full((4, 40, 40), 7, np.uint64)
+    labels[:, :, 20:] = 8
+    write_volume(other, "neuron_ids", labels, (40, 4, 4))
+    ini = setup / "predict_config.ini"
+    ini.write_text(fill_template(ini.read_text(), {"Extraction": {"seg_container": str(other),
+                                                                  "seg_dataset": "neuron_ids"}}))
+    with pytest.raises(EvaluationError, match=rf"^{ini} \[Evaluation\] matching = segment: the ground truth's "
+                                              rf"segment ids .* differ from the predictions' segmentation "
+                                              rf"{other}/neuron_ids .* at 2 pre site\(s\), first ground-truth "
+                                              rf"record 0: pre_seg_id 1 vs 7"):
+        evaluate_run(setup, tmp_path / "res")
+    # location matching compares no ids, so there is nothing to check
+    ini.write_text(fill_template(ini.read_text(), {"Evaluation": {"matching": "location"}}))
+    (r,) = evaluate_run(setup, tmp_path / "res")[0]
+    assert counts(r) == (2, 0, 0) and r["matching"] == "location"
+
+
+def test_cli_evaluate_prints_the_matching_mode_and_refuses_bad_inputs(tmp_path):
+    path = _write_case(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "synful", "evaluate", str(path), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "matching = skeleton" in r.stderr
+    pred = json.loads((tmp_path / "data" / "pred.json").read_text())
+    (tmp_path / "data" / "pred.json").write_text(json.dumps(pred + pred[:1]))
+    r = subprocess.run([sys.executable, "-m", "synful", "evaluate", str(path), "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'data' / 'pred.json'}[4] id: duplicate id 0 "
+                                                 f"(first at record 0)")
+    assert not (tmp_path / "x").exists()

@@ -354,3 +354,74 @@ def test_cli_extract_and_export(tmp_path, capsys):
         np.testing.assert_array_equal(read_partners(tmp_path / name), ref)
     assert main(["extract", str(tmp_path / "nowhere")]) == 2
     assert "predict_config.ini" in capsys.readouterr().err
+
+
+def _set_attr(pdir: Path, dataset: str, key: str, value=None):
+    """Set (or with None remove) an attribute of a prediction dataset, as another tool might have written it."""
+    import json
+
+    path = pdir / "predictions.zarr" / "volumes" / dataset / ".zattrs"
+    attrs = json.loads(path.read_text())
+    if value is None:
+        attrs.pop(key, None)
+    else:
+        attrs[key] = value
+    path.write_text(json.dumps(attrs))
+
+
+def test_a_dataset_without_scale_is_refused_unless_the_config_gives_it(tmp_path, capsys):
+    ind_u8, vec = random_prediction((16, 64, 64), 10, seed=11)
+    pdir = make_run(tmp_path, ind_u8, vec, block_shape=(64, 128, 128), context=(32, 32, 32))
+    ini = pdir / "predict_config.ini"
+    container = pdir / "predictions.zarr"
+    # a foreign uint8 indicator without 'scale': the old code read it as probabilities 0..255
+    _set_attr(pdir, "pred_syn_indicator", "scale")
+    with pytest.raises(ExtractionError, match=rf"^{container}/volumes/pred_syn_indicator: no 'scale' attribute "
+                                              rf".*; set {ini} \[Extraction\] indicator_scale, or write the attribute"):
+        extract(pdir, multiprocessing=False)
+    with open_run_store(pdir) as store:
+        assert store.count() == 0  # refused before any block ran
+    assert main(["extract", str(pdir), "--serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {container}/volumes/pred_syn_indicator: no 'scale' attribute")
+    # the explicit key gives what the attribute would
+    set_config(pdir, indicator_scale=1 / 255)
+    extract(pdir, multiprocessing=False)
+    with open_run_store(pdir) as store:
+        np.testing.assert_array_equal(store.query(), reference(ind_u8, vec))
+    # a key that contradicts the attribute, and attributes that are not positive finite numbers
+    _set_attr(pdir, "pred_syn_indicator", "scale", 1.0)
+    with pytest.raises(ExtractionError, match=r"\[Extraction\] indicator_scale: 0.00392.* disagrees with the 'scale' "
+                                              r"attribute 1.0 of .*pred_syn_indicator"):
+        extract(pdir, overwrite=True, multiprocessing=False)
+    set_config(pdir, indicator_scale=None)
+    for bad in ("NaN", 0, "x"):
+        _set_attr(pdir, "pred_syn_indicator", "scale", bad)
+        with pytest.raises(ExtractionError, match=r"pred_syn_indicator: 'scale' attribute must be a finite number > 0"):
+            extract(pdir, overwrite=True, multiprocessing=False)
+    _set_attr(pdir, "pred_syn_indicator", "scale", 1 / 255)
+    # the vectors the same way
+    _set_attr(pdir, "pred_partner_vectors", "scale")
+    with pytest.raises(ExtractionError, match=r"pred_partner_vectors: no 'scale' attribute .* \[Extraction\] "
+                                              r"partner_vectors_scale"):
+        extract(pdir, overwrite=True, multiprocessing=False)
+    set_config(pdir, partner_vectors_scale=1.0)
+    extract(pdir, overwrite=True, multiprocessing=False)
+    with open_run_store(pdir) as store:
+        np.testing.assert_array_equal(store.query(), reference(ind_u8, vec))
+
+
+def test_nan_threshold_never_reaches_extraction(tmp_path, capsys):
+    ind_u8, vec = random_prediction((16, 64, 64), 10, seed=12)
+    pdir = make_run(tmp_path, ind_u8, vec, block_shape=(64, 128, 128), context=(32, 32, 32))
+    extract(pdir, multiprocessing=False)
+    with open_run_store(pdir) as store:
+        n = store.count()
+    assert n > 0
+    # the old reader accepted nan (nan < 0 and nan > 1 are false): --overwrite then wrote 0 partners
+    set_config(pdir, cc_threshold="nan")
+    assert main(["extract", str(pdir), "--overwrite", "--serial"]) == 2
+    assert "[Extraction] cc_threshold: expected a finite number, got nan" in capsys.readouterr().err
+    set_config(pdir, cc_threshold=0.5)
+    with open_run_store(pdir) as store:
+        assert store.count() == n  # nothing dropped or replaced

@@ -298,6 +298,57 @@ def test_bad_json_partners(tmp_path, content, match):
     assert "bad.json" in str(e.value)
 
 
+_LINK = "\"location_pre\": [1, 2, 3], \"location_post\": [4, 5, 6]"
+
+
+@pytest.mark.parametrize("content,match", [
+    # json.loads reads NaN / Infinity; the old reader dropped such partners later, silently
+    (f"[{{{_LINK}, \"id\": 0}}, {{{_LINK}, \"id\": 1, \"score\": NaN}}]",
+     r"bad.json\[1\] score: expected a finite number, got nan"),
+    (f"[{{{_LINK}, \"score\": -Infinity}}]", r"bad.json\[0\] score: expected a finite number, got -inf"),
+    ("[{\"location_pre\": [1, NaN, 3], \"location_post\": [4, 5, 6]}]",
+     r"bad.json\[0\] location_pre: expected finite"),
+    ("[{\"location_pre\": [1, 2, 3], \"location_post\": [Infinity, 5, 6]}]",
+     r"bad.json\[0\] location_post: expected finite"),
+    (f"[{{{_LINK}, \"id\": 7}}, {{{_LINK}, \"id\": 8}}, {{{_LINK}, \"id\": 7}}, {{{_LINK}, \"id\": 8}}]",
+     r"bad.json\[2\] id: duplicate id 7 \(first at record 0\)$"),
+])
+def test_json_partners_refuse_non_finite_numbers_and_duplicate_ids(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SynfulError, match=match):
+        read_partners(path)
+
+
+@pytest.mark.parametrize("rows,match", [
+    ("0,1,2,3,4,5,6,nan\n", r"bad.csv\[0\] score: expected a finite number, got 'nan'"),
+    ("0,1,2,3,4,5,6,0.5\n1,1,2,3,4,5,7,inf\n", r"bad.csv\[1\] score: expected a finite number, got 'inf'"),
+    ("0,1,2,3,4,5,6,1\n1,1,2,3,4,5,7,1\n0,1,2,3,4,5,8,1\n", r"bad.csv\[2\] id: duplicate id 0 \(first at record 0\)$"),
+    ("0,1,2,nan,4,5,6,1\n", r"bad.csv\[0\] pre_x: expected an integer, got 'nan'"),
+])
+def test_csv_partners_refuse_non_finite_numbers_and_duplicate_ids(tmp_path, rows, match):
+    path = tmp_path / "bad.csv"
+    path.write_text("id,pre_z,pre_y,pre_x,post_z,post_y,post_x,score\n" + rows)
+    with pytest.raises(SynfulError, match=match):
+        read_partners(path)
+
+
+def test_check_partners_names_the_first_repeat(tmp_path):
+    from synful.io.partners import check_partners
+
+    p = _partners_with_big_ids()
+    assert check_partners(p, "x") is p
+    q = np.concatenate([p, p[1:2]])
+    q["id"][-1] = 5  # the same partner under a new id
+    with pytest.raises(SynfulError, match=r"^coll\[3\]: duplicate record: .* of record 1 \(ids 1 and 5\)$"):
+        check_partners(q, "coll")
+    q["post_skel_id"][-1] = 4  # another skeleton pair at the same sites: a different partner
+    check_partners(q, "coll")
+    q["score"][0] = np.inf
+    with pytest.raises(SynfulError, match=r"^coll\[0\] score: expected a finite number, got inf"):
+        check_partners(q, "coll")
+
+
 def test_bad_partner_files(tmp_path):
     with pytest.raises(SynfulError, match="not found"):
         read_partners(tmp_path / "none.json")

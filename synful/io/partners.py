@@ -12,12 +12,20 @@ On disk: FAFB benchmark JSON (a list of ``{"id", "id_skel_pre", "id_skel_post",
 locations in nm (z, y, x), ids may be null) and CSV with the database field
 names (missing ids are empty cells).  int64 ids round-trip exactly (JSON
 integers are parsed as Python ints, never floats).
+
+Readers refuse, with a :class:`~synful.errors.SynfulError` naming the file,
+record index and field: a value that is not a number, NaN or infinite scores
+and locations, and two records with the same ``id`` (the message names the
+first repeated id).  :func:`check_partners` checks an array from any source
+(a store, CREMI annotations) the same way and also refuses a record that
+repeats another under a different id.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -33,6 +41,7 @@ __all__ = [
     "empty_partners",
     "partners_from_records",
     "partners_to_records",
+    "check_partners",
     "read_partners_json",
     "write_partners_json",
     "read_partners_csv",
@@ -83,14 +92,65 @@ def _as_int(value, where: str) -> int:
 
 
 def _as_score(value, where: str) -> float:
+    """A finite float (None: 0.0); SynfulError for anything else, nan and inf included."""
     if value is None:
         return 0.0
     if isinstance(value, bool):
         raise SynfulError(f"{where}: expected a number, got {value!r}")
     try:
-        return float(value)
+        score = float(value)
     except (TypeError, ValueError):
         raise SynfulError(f"{where}: expected a number, got {value!r}") from None
+    if not math.isfinite(score):
+        raise SynfulError(f"{where}: expected a finite number, got {value!r}")
+    return score
+
+
+def _first_duplicate(keys: np.ndarray) -> tuple[int, int] | None:
+    """(earlier, later) record indices of the first record whose key (a row of ``keys``) repeats; None if unique."""
+    if len(keys) < 2:
+        return None
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    repeated = np.flatnonzero(first[inverse] != np.arange(len(keys)))
+    if not len(repeated):
+        return None
+    later = int(repeated[0])
+    return int(first[inverse[later]]), later
+
+
+def _check_unique_ids(partners: np.ndarray, source: str) -> None:
+    dup = _first_duplicate(partners["id"].reshape(-1, 1))
+    if dup is not None:
+        a, b = dup
+        raise SynfulError(f"{source}[{b}] id: duplicate id {int(partners['id'][b])} (first at record {a})")
+
+
+# a record repeats another when these are equal (whatever its id and score)
+_RECORD_KEY = ("pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x") + ID_FIELDS
+
+
+def check_partners(partners: np.ndarray, source: str) -> np.ndarray:
+    """``partners`` (PARTNER_DTYPE) if every score is finite, every id unique and no record repeats another.
+
+    A repeated record has the sites and the segment and skeleton ids of an
+    earlier one (its ``id`` and ``score`` may differ).
+
+    Raises :class:`SynfulError` naming ``source`` (a file, a store collection),
+    the record index and the first offending value.  Returns ``partners``.
+    """
+    bad = np.flatnonzero(~np.isfinite(partners["score"]))
+    if len(bad):
+        i = int(bad[0])
+        raise SynfulError(f"{source}[{i}] score: expected a finite number, got {float(partners['score'][i])!r} "
+                          f"({len(bad)} record(s))")
+    _check_unique_ids(partners, source)
+    dup = _first_duplicate(np.stack([partners[f] for f in _RECORD_KEY], axis=1)) if len(partners) else None
+    if dup is not None:
+        a, b = dup
+        raise SynfulError(f"{source}[{b}]: duplicate record: the sites and segment/skeleton ids of record {a} "
+                          f"(ids {int(partners['id'][a])} and {int(partners['id'][b])})")
+    return partners
 
 
 def partners_from_records(records, source: str = "partners") -> np.ndarray:
@@ -143,12 +203,14 @@ def _location(v, where: str) -> tuple[int, int, int]:
     for c in v:
         if isinstance(c, bool) or not isinstance(c, (int, float)):
             raise SynfulError(f"{where}: expected [z, y, x] in nm, got {v!r}")
+        if isinstance(c, float) and not math.isfinite(c):
+            raise SynfulError(f"{where}: expected finite numbers, got {v!r}")
         out.append(int(round(c)))
     return tuple(out)
 
 
 def read_partners_json(path) -> np.ndarray:
-    """Read FAFB benchmark JSON (list of links, locations in nm z/y/x)."""
+    """Read FAFB benchmark JSON (list of links, locations in nm z/y/x); ids must be unique, numbers finite."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -176,6 +238,7 @@ def read_partners_json(path) -> np.ndarray:
             v = link.get(jkey)
             if v is not None:
                 out[i][field] = _as_int(v, f"{where} {jkey}")
+    _check_unique_ids(out, str(path))
     return out
 
 
@@ -196,7 +259,11 @@ def write_partners_json(partners: np.ndarray, path) -> Path:
 
 
 def read_partners_csv(path) -> np.ndarray:
-    """Read CSV with a header of the database field names (id columns optional, empty = missing)."""
+    """Read CSV with a header of the database field names (id columns optional, empty = missing).
+
+    Without an ``id`` cell a record's id is its row index (0-based, header
+    excluded); ids must be unique and numbers finite.
+    """
     path = Path(path)
     if not path.is_file():
         raise SynfulError(f"{path}: partner file not found")
@@ -211,7 +278,9 @@ def read_partners_csv(path) -> np.ndarray:
     for i, r in enumerate(rows):
         if r.get("id") is None:
             r["id"] = i
-    return partners_from_records(rows, str(path))
+    out = partners_from_records(rows, str(path))
+    _check_unique_ids(out, str(path))
+    return out
 
 
 def write_partners_csv(partners: np.ndarray, path) -> Path:
