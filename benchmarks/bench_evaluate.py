@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
         write_partners_json(gt, tmp / "gt.json")
         (tmp / "skel.txt").write_text("\n".join(str(s) for s in listed) + "\n")
         config = {"pred_synlinks": "pred.json", "gt_synlinks": "gt.json", "skeleton_ids": "skel.txt",
-                  "score_thresholds": thresholds, "matching_threshold": 400, "matching_threshold_only_pre": False,
+                  "matching": "skeleton", "score_thresholds": thresholds, "matching_threshold": 400, "matching_threshold_only_pre": False,
                   "matching_threshold_only_post": False, "only_input_synapses": False,
                   "only_output_synapses": False, "filter_same_id": True, "filter_same_id_type": "skel",
                   "filter_redundant": True, "filter_redundant_dist_thr": 100, "filter_redundant_id_type": "skel",

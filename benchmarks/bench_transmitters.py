@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Transmitter classification on synthetic data: training speed and held-out accuracy.
 
-    python benchmarks/bench_transmitters.py [--iterations 600] [--types acetylcholine glutamate octopamine] [--quick]
+    python benchmarks/bench_transmitters.py [--iterations 600] [--types acetylcholine glutamate octopamine]
+                                            [--workers 2] [--quick]
 
 Generates a synthetic volume (40 x 8 x 8 nm voxels), imports its synapses,
 makes a skeleton split (70 % train, 30 % test), trains a small VGG3D (input
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--types", nargs="+", default=["acetylcholine", "glutamate", "octopamine"])
     p.add_argument("--shape", type=int, nargs=3, default=(30, 640, 640))
+    p.add_argument("--workers", type=int, default=2, help="PreCache worker processes of the training pipeline")
     p.add_argument("--quick", action="store_true", help="a 12 x 320 x 320 volume, 4 iterations")
     p.add_argument("--out", default=str(RESULTS / "bench_transmitters.json"))
     args = p.parse_args(argv)
@@ -55,7 +57,7 @@ def main(argv=None):
             synapse_types=args.types, voxel_size=(40, 8, 8), input_shape=(4, 64, 64), fmaps=8, fmap_inc=[2, 2, 2],
             n_convolutions=[1, 1, 1], downsample_factors=[(1, 2, 2), (1, 2, 2), (2, 2, 2)], fc_size=32, dropout=0.2,
             batch_norm=False, batch_size=16, learning_rate=1e-3, elastic_augment=False,
-            checkpoint_every=args.iterations, log_every=100, num_workers=0)}}
+            checkpoint_every=args.iterations, log_every=100, num_workers=args.workers, cache_size=8)}}
         setup = create_train_setup(base, "bench", 0, kind="transmitter", overrides=ov)
         t0 = time.perf_counter()
         train(setup, args.iterations)
@@ -70,6 +72,7 @@ def main(argv=None):
         "split_counts": split.counts,
         "iterations": args.iterations,
         "batch_size": 16,
+        "pipeline_workers": args.workers,
         "data_seconds": round(t_data, 2),
         "train_seconds": round(t_train, 2),
         "seconds_per_iteration": round(t_train / args.iterations, 4),

@@ -89,7 +89,8 @@ def _run_evaluate(args) -> int:
         print(f"score_thr {r['score_thr']:g}: fscore {r['fscore']:.4f} precision {r['precision']:.4f} "
               f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})")
     best = max(results, key=lambda r: r["fscore"])
-    print(f"best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g}; results in {out_dir}")
+    print(f"best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g} (matching = {best['matching']}); "
+          f"results in {out_dir}")
     return 0
 
 
@@ -264,7 +265,7 @@ def _run_demo(args) -> int:
         print(f"saved model {saved}")
     print(f"demo: best score threshold {best['score_thr']:g}: precision {best['precision']:.3f} "
           f"recall {best['recall']:.3f} fscore {best['fscore']:.3f} "
-          f"(tp {best['tpcount']}, fp {best['fpcount']}, fn {best['fncount']})")
+          f"(tp {best['tpcount']}, fp {best['fpcount']}, fn {best['fncount']}; matching = {best['matching']})")
     print(f"precision-recall curve: {best['pr_curve_png']}")
     print(f"slices with partners:   {best['slices_png']}")
     return 0

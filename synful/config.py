@@ -24,8 +24,10 @@ import dataclasses
 import io
 import math
 import os
+import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -54,6 +56,7 @@ __all__ = [
     "read_train_config",
     "read_predict_config",
     "read_worker_config",
+    "check_worker_section",
     "check_evaluation",
     "MATCHING_MODES",
     "write_config",
@@ -165,7 +168,8 @@ class Prediction:
     roi_shape: Optional[Int3] = key(None, "shape of the ROI to predict, nm (z, y, x); None: the whole dataset")
     input_shape: Optional[Int3] = key(None, "network input shape for prediction, voxels; None: the training input shape",
                                       minimum=1)
-    block_factor: Int3 = key((1, 1, 1), "write block = network output shape times this, per axis", minimum=1)
+    block_factor: Int3 = key((1, 1, 1), "write block = tile stride times this, per axis (tile stride: the largest "
+                             "multiple of the total downsampling not above the network output)", minimum=1)
     padding: str = key("zero", "context beyond the raw data: zero or mirror", choices=("zero", "mirror"))
     out_container: str = key("predictions.zarr", "output zarr container", path=True)
     indicator_dataset: str = key("volumes/pred_syn_indicator", "output dataset of the synapse indicator")
@@ -613,8 +617,65 @@ def read_predict_config(path) -> PredictConfig:
 
 
 def read_worker_config(path) -> Worker:
-    """Read a worker_config.ini ([Worker])."""
-    return read_config(path, WORKER_SECTIONS)[Worker]
+    """Read a worker_config.ini ([Worker]); its strings are checked by :func:`check_worker_section`."""
+    return check_worker_section(read_config(path, WORKER_SECTIONS)[Worker], f"{path} [Worker]")
+
+
+#: Slurm syntax of the [Worker] strings that reach an sbatch script or a container command line
+SLURM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # partition, account
+SLURM_MEM_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", re.IGNORECASE)  # 25G, 500M, 1.5T, plain MB
+SLURM_TIME_RE = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")  # MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+SBATCH_OPTION_RE = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)(?:=(.+))?")  # long form only
+_MOUNT_OPTIONS = ("ro", "rw")
+
+
+def _control_character(text: str) -> str | None:
+    """The first control or line/paragraph-separator character of ``text`` (``\\n``, ``\\r``, NUL, ...), or None."""
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+
+
+def check_worker_section(settings: Worker, where: str = "[Worker]") -> Worker:
+    """Refuse [Worker] strings that could change a generated job script or container command; return ``settings``.
+
+    Every string (and list item) must be free of control characters: a newline in e.g. ``account``
+    would end its ``#SBATCH`` line, and the next line of the script would run as a shell command.
+    Each value must also have its Slurm / Singularity syntax: ``queue`` and ``account`` a name of
+    letters, digits, ``_``, ``.``, ``-``; ``mem`` a positive size (``25G``, ``500M``, plain MB);
+    ``time_limit`` a positive ``MM``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH[:MM[:SS]]``; each
+    ``sbatch_extra`` item ``--option`` or ``--option=value``; each ``mount_dirs`` item ``SRC``,
+    ``SRC:DST`` or ``SRC:DST:ro|rw`` without ``,`` (Singularity reads a comma as a second bind) and
+    with an absolute ``DST``.  ``where`` prefixes messages (``FILE [Worker]``); raises
+    :class:`ConfigError` naming the key and showing the value (``repr``, so a newline is visible).
+    Whether the partition, image and directories exist is checked before launching
+    (:func:`synful.cluster.check_worker`), not here.
+    """
+    def fail(key_: str, value, why: str):
+        raise ConfigError(f"{where} {key_}: {why}, got {value!r}")
+
+    for f in dataclasses.fields(Worker):
+        value = getattr(settings, f.name)
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(item, str) and (c := _control_character(item)) is not None:
+                fail(f.name, item, f"control character {c!r} not allowed (it would break the job script line)")
+    if not SLURM_NAME_RE.fullmatch(settings.queue):
+        fail("queue", settings.queue, "expected a Slurm partition name (letters, digits, '_', '.', '-')")
+    if settings.account is not None and not SLURM_NAME_RE.fullmatch(settings.account):
+        fail("account", settings.account, "expected a Slurm account name (letters, digits, '_', '.', '-')")
+    m = SLURM_MEM_RE.fullmatch(settings.mem.strip())
+    if not m or float(m.group(1)) <= 0:
+        fail("mem", settings.mem, "expected a positive size like 500M or 25G")
+    m = SLURM_TIME_RE.fullmatch(settings.time_limit.strip())
+    if not m or not any(int(g) for g in m.groups() if g is not None):
+        fail("time_limit", settings.time_limit, "expected a positive MM, HH:MM:SS or D-HH:MM:SS")
+    for item in settings.sbatch_extra:
+        if not SBATCH_OPTION_RE.fullmatch(item.strip()):
+            fail("sbatch_extra", item, "use the long form --option=value (e.g. --qos=high) or --flag")
+    for item in settings.mount_dirs:
+        parts = item.split(":")
+        if (not parts[0] or len(parts) > 3 or "," in item or (len(parts) > 1 and not parts[1].startswith("/"))
+                or (len(parts) == 3 and parts[2] not in _MOUNT_OPTIONS)):
+            fail("mount_dirs", item, "expected SRC, SRC:DST or SRC:DST:ro|rw (DST absolute, no ',')")
+    return settings
 
 
 def read_transmitter_train_config(path) -> TransmitterTraining:

@@ -94,6 +94,7 @@ DEMO_EXTRACTION = {
 }
 DEMO_EVALUATION = {
     "score_thresholds": [0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0],
+    "matching": "segment",
     "matching_threshold": 400.0,
     "filter_same_id": True,
     "filter_redundant": True,

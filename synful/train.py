@@ -277,8 +277,33 @@ def _training_samples(cfg: Training):
                               f"{tuple(arrays.raw.voxel_size)} of sample {s.name} ({s.container}/{s.raw_dataset})")
         if arrays.raw.dtype != np.uint8:
             raise TrainError(f"{s.container}/{s.raw_dataset}: raw must be uint8, got {arrays.raw.dtype}")
+        _check_sample_shape(cfg, s, arrays)
         out.append((s, arrays, read_sample_partners(s, by="post")))
     return out
+
+
+def sample_raw_shape(cfg: Training, roi) -> tuple[int, int, int]:
+    """The raw extent (voxels, z/y/x) a sample of ``roi`` (nm) offers the network: its ROI grown by the
+    network context on each side (zeros beyond the data), where the network output stays inside it."""
+    from .models import output_shape
+
+    context = np.subtract(cfg.input_shape, output_shape(cfg))
+    return tuple(int(v) for v in np.asarray(roi.shape) // np.asarray(cfg.voxel_size) + context)
+
+
+def _check_sample_shape(cfg: Training, sample, arrays):
+    from .gp.augment import required_raw_shape
+
+    have = sample_raw_shape(cfg, arrays.roi)
+    need = required_raw_shape(cfg.input_shape, elastic=cfg.elastic_augment, transpose=cfg.simple_augment)
+    if any(h < n for h, n in zip(have, need)):
+        shape = tuple(int(v) for v in np.asarray(arrays.roi.shape) // np.asarray(cfg.voxel_size))
+        margins = [k for k, on in (("elastic_augment", cfg.elastic_augment), ("simple_augment", cfg.simple_augment))
+                   if on]
+        raise TrainError(f"{cfg.manifest}: sample {sample.name}: ROI of {shape} voxels (z, y, x), {have} with the "
+                         f"network context, but training needs {need}: [Training] input_shape {tuple(cfg.input_shape)}"
+                         + (f" plus the margins of {' and '.join(margins)}" if margins else "")
+                         + " (use a larger ROI, a smaller input_shape or fewer augmentations)")
 
 
 class Keys:
@@ -299,7 +324,7 @@ class Keys:
         self.pred_vectors = gp.ArrayKey("PRED_PARTNER_VECTORS")
 
 
-def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
+def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, first: int = 0):
     """The gunpowder pipeline and request of one training iteration: ``(pipeline, request, keys, train_node)``.
 
     ``samples``: ``(Sample, SampleArrays, partners)`` triples.  Per sample: raw (normalised to
@@ -308,13 +333,16 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
     over all samples a random provider, the augmentations of ``cfg``, raw mapped to [-1, 1]
     (:data:`synful.models.RAW_SCALE` / ``RAW_SHIFT``), the indicator and vector targets, rejection
     of batches without synapse (``reject_probability``), class balancing (``balance_clip``) and
-    PreCache.  With a ``trainer`` a :class:`synful.gp.KerasTrain` node follows, and with a
+    :class:`synful.gp.SeededPreCache` (batch ``n`` drawn with seed ``batch_seed(cfg.seed, n)``,
+    counting from ``first``; without workers, the caller seeds each request with
+    :func:`synful.gp.seeded_request`).  With a ``trainer`` a :class:`synful.gp.KerasTrain` node follows, and with a
     ``snapshot_dir`` an :class:`synful.gp.IterationSnapshot`.  Without a trainer the request holds
     raw and targets only (to inspect the data).
     """
     import gunpowder as gp
 
-    from .gp import AddPartnerVectorMap, AddSynapseIndicator, IterationSnapshot, KerasTrain, PartnerSource
+    from .gp import (AddPartnerVectorMap, AddSynapseIndicator, IterationSnapshot, KerasTrain, PartnerSource,
+                     SeededPreCache, SeededReject)
     from .gp.augment import anisotropic_elastic_augment
     from .models import RAW_SCALE, RAW_SHIFT, head_names, output_shape
 
@@ -339,7 +367,9 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
         sources.append(src)
     pipeline = tuple(sources) + gp.RandomProvider()
     if cfg.elastic_augment:
-        pipeline += anisotropic_elastic_augment(cfg.input_shape)
+        # the smallest sample bounds what a deformation may ask for (checked against the input shape up front)
+        smallest = np.min([sample_raw_shape(cfg, arrays.roi) for _, arrays, _ in samples], axis=0)
+        pipeline += anisotropic_elastic_augment(cfg.input_shape, limits={k.raw: gp.Coordinate(smallest) * vs})
     if cfg.simple_augment:
         pipeline += gp.SimpleAugment(mirror_only=[1, 2], transpose_only=[1, 2])
     if cfg.intensity_augment:
@@ -354,11 +384,12 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None):
     if cfg.reject_probability > 0:
         # a batch "has a synapse" when some output voxel is painted; reject the others with this probability
         n_out = int(np.prod(output_shape(cfg)))
-        pipeline += gp.Reject(mask=k.gt_indicator, min_masked=0.5 / n_out, reject_probability=cfg.reject_probability)
+        pipeline += SeededReject(mask=k.gt_indicator, min_masked=0.5 / n_out,
+                                 reject_probability=cfg.reject_probability)
     pipeline += gp.BalanceLabels(k.gt_indicator, k.indicator_weights, clipmin=cfg.balance_clip[0],
                                  clipmax=cfg.balance_clip[1])
     if cfg.num_workers > 0:
-        pipeline += gp.PreCache(cache_size=cfg.cache_size, num_workers=cfg.num_workers)
+        pipeline += SeededPreCache(cfg.seed, first=first, cache_size=cfg.cache_size, num_workers=cfg.num_workers)
 
     request = gp.BatchRequest()
     request.add(k.raw, input_size)
@@ -563,6 +594,8 @@ def train(setup_dir, iterations: int | None = None) -> int:
     import tensorflow as tf
     from tqdm import tqdm
 
+    from .gp import seeded_request
+
     keras.utils.set_random_seed(cfg.seed + start)
     model = build_unet(cfg)
     trainer = KerasTrainer(cfg, model)
@@ -570,7 +603,8 @@ def train(setup_dir, iterations: int | None = None) -> int:
         trainer.restore(setup_dir, start)
         logger.info("resuming from %s (iteration %d)", latest[1], start)
     _write_provenance(setup_dir, cfg, start, target, trainer.mixed_precision)
-    pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR)
+    pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR,
+                                                            first=start)
 
     writer = tf.summary.create_file_writer(str(setup_dir / LOG_DIR))
     gpu = GpuMonitor()
@@ -582,7 +616,9 @@ def train(setup_dir, iterations: int | None = None) -> int:
         bar = tqdm(total=target, initial=start, unit="it", desc="train", dynamic_ncols=True, mininterval=1.0)
         try:
             while trainer.iteration < target:
-                batch = pipeline.request_batch(request)
+                # SeededPreCache seeds its workers' batches; without workers each iteration seeds its own
+                batch = pipeline.request_batch(request if cfg.num_workers > 0
+                                               else seeded_request(request, cfg.seed, trainer.iteration))
                 it = trainer.iteration
                 losses = train_node.last_losses
                 bar.update(1)

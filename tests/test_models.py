@@ -165,3 +165,36 @@ def test_normalize_raw_maps_uint8_to_minus_one_one():
     with pytest.raises(ConfigError, match="uint8"):
         normalize_raw(raw.astype(np.float32))
 
+
+
+def test_mixed_precision_switch_sets_the_layer_compute_dtype(monkeypatch, caplog):
+    """Where a GPU is visible the switch makes the layers compute in float16 (heads stay float32); where
+    none is, it is refused with a warning naming the key, and the layers stay float32."""
+    import logging
+
+    from synful.models import precision
+
+    with caplog.at_level(logging.WARNING, logger="synful.models.precision"):
+        assert precision.layer_policy(True, "[Training] mixed_precision") == (
+            "mixed_float16" if precision.gpu_visible() else "float32")
+    if not precision.gpu_visible():
+        assert "[Training] mixed_precision = true but no GPU is visible" in caplog.text
+    assert precision.layer_policy(False, "k") == "float32"
+
+    monkeypatch.setattr(precision, "gpu_visible", lambda: True)  # the decision as made on a GPU node
+    model = build_unet(tiny(mixed_precision=True))
+    compute = {layer.compute_dtype for layer in model.layers if layer.weights and "syn_indicator" not in layer.name
+               and "partner_vectors" not in layer.name}
+    assert compute == {"float16"}
+    assert model.get_layer("syn_indicator").compute_dtype == "float32"
+
+
+def test_vgg3d_mixed_precision_layers(monkeypatch):
+    from synful.models import precision
+    from synful.transmitters.model import vgg3d
+
+    monkeypatch.setattr(precision, "gpu_visible", lambda: True)
+    m = vgg3d((4, 16, 16), 2, fmaps=2, fc_size=4, downsample_factors=[(1, 2, 2)], fmap_inc=[2], n_convolutions=[1],
+              dtype=precision.layer_policy(True, "k"))
+    assert m.get_layer("l0_conv0").compute_dtype == "float16" and m.get_layer("fc0").compute_dtype == "float16"
+    assert m.get_layer("logits").compute_dtype == "float32"

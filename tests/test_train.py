@@ -175,3 +175,114 @@ def test_unaugmented_training_raw_equals_normalize_raw(data):
     assert batch[keys.gt_indicator].data.any()
     w = batch[keys.indicator_weights].data
     assert w.dtype == np.float32 and (w > 0).all()
+
+
+def _draw(pipeline, request, n, seed=None):
+    import dask
+    import gunpowder as gp
+
+    from synful.gp import seeded_request
+
+    with dask.config.set(scheduler="synchronous"), gp.build(pipeline):
+        return [pipeline.request_batch(request if seed is None else seeded_request(request, seed, i))
+                for i in range(n)]
+
+
+def test_batches_from_worker_processes_differ_and_are_seeded(data):
+    """PreCache workers each draw their own batch: with gunpowder's PreCache and a seeded request they
+    all built one batch, again and again."""
+    from synful.config import Training
+    from synful.train import _training_samples, training_pipeline
+
+    cfg = Training(**{**TINY, "manifest": str(data["manifest"]), "num_workers": 2, "cache_size": 2,
+                      "simple_augment": True, "seed": 5})
+    pipeline, request, keys, _ = training_pipeline(cfg, _training_samples(cfg))
+    raws = [b[keys.raw].data for b in _draw(pipeline, request, 6)]
+    digests = {r.tobytes() for r in raws}
+    assert len(digests) == 6, f"{6 - len(digests) + 1} of 6 batches identical"
+    # the same seed draws the same set of batches (in whatever order the workers deliver them)
+    pipeline, request, keys, _ = training_pipeline(cfg, _training_samples(cfg))
+    again = {b[keys.raw].data.tobytes() for b in _draw(pipeline, request, 6)}
+    assert len(again & digests) >= 4  # the first 6 of 2 workers x cache 2 may interleave differently at the end
+
+    # without workers, every iteration is seeded by its number: reproducible and distinct
+    cfg0 = Training(**{**TINY, "manifest": str(data["manifest"]), "num_workers": 0, "simple_augment": True,
+                       "seed": 5})
+    p0, r0, k0, _ = training_pipeline(cfg0, _training_samples(cfg0))
+    a = [b[k0.raw].data.tobytes() for b in _draw(p0, r0, 4, seed=5)]
+    p0, r0, k0, _ = training_pipeline(cfg0, _training_samples(cfg0))
+    b = [b[k0.raw].data.tobytes() for b in _draw(p0, r0, 4, seed=5)]
+    assert a == b and len(set(a)) == 4
+
+
+def _manifest_with_roi(tmp_path, container, shape_nm):
+    m = tmp_path / "roi.yaml"
+    m.write_text(yaml.safe_dump({"samples": [{"name": "small", "container": str(container),
+                                              "roi": {"offset": [80, 40, 40], "shape": list(shape_nm)}}]}))
+    return m
+
+
+def test_a_sample_smaller_than_input_plus_augmentation_is_refused_up_front(tmp_path, data):
+    """Elastic augmentation asks upstream for up to ~1.5x the input in plane; a sample without room for it
+    made training fail at random after some iterations, with a gunpowder traceback and no checkpoint."""
+    # TINY: input (12, 60, 60), output (12, 20, 20); with elastic and transpose a sample must offer 117 px in plane
+    setup = make_setup(tmp_path, _manifest_with_roi(tmp_path, data["container"], (480, 300, 300)),
+                       elastic_augment=True, simple_augment=True)
+    with pytest.raises(TrainError, match=r"sample small: ROI of \(12, 75, 75\) voxels .*\(12, 115, 115\) with the "
+                                         r"network context, but training needs \(12, 117, 117\): \[Training\] "
+                                         r"input_shape \(12, 60, 60\) plus the margins of elastic_augment"):
+        train(setup, 2)
+    assert not (setup / "checkpoints").exists() or not list((setup / "checkpoints").iterdir())
+    r = subprocess.run([sys.executable, "-m", "synful", "train", str(setup), "--iterations", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "sample small" in r.stderr and "Traceback" not in r.stderr
+    # without augmentation the same sample is large enough
+    setup2 = make_setup(tmp_path, _manifest_with_roi(tmp_path, data["container"], (480, 300, 300)), train_id=1,
+                        elastic_augment=False, simple_augment=False)
+    assert train(setup2, 2) == 2
+
+
+def test_elastic_draws_never_exceed_the_smallest_sample(tmp_path, data):
+    """A sample just large enough: every elastic draw that would reach beyond it is redrawn."""
+    import gunpowder as gp
+
+    from synful.gp.augment import BoundedElasticAugment, anisotropic_elastic_augment
+
+    vs = gp.Coordinate((40, 4, 4))
+    key = gp.ArrayKey("RAW")
+
+    def widest(node, n=300):
+        import random
+
+        node._spec = gp.ProviderSpec()
+        node._spec[key] = gp.ArraySpec(voxel_size=vs, interpolatable=True)
+        out = np.zeros(3, int)
+        for i in range(n):
+            random.seed(i)
+            np.random.seed(i)
+            request = gp.BatchRequest()
+            request[key] = gp.ArraySpec(roi=gp.Roi((0, 0, 0), gp.Coordinate(12, 60, 60) * vs), voxel_size=vs)
+            out = np.maximum(out, np.asarray(node.prepare(request)[key].roi.shape / vs))
+        return out
+
+    assert widest(anisotropic_elastic_augment((12, 60, 60)))[1:].max() > 100  # gunpowder's reach further
+    bounded = anisotropic_elastic_augment((12, 60, 60), limits={key: gp.Coordinate(12, 100, 100) * vs})
+    assert isinstance(bounded, BoundedElasticAugment)
+    assert widest(bounded)[1:].max() <= 100
+
+    # through the training pipeline: a sample of exactly the required extent trains with augmentations on
+    setup = make_setup(tmp_path, _manifest_with_roi(tmp_path, data["container"], (480, 308, 308)),
+                       elastic_augment=True, simple_augment=True, num_workers=0)
+    assert train(setup, 25) == 25
+
+
+def test_seeded_rejection_retries_draw_new_batches(data):
+    """With seeded requests, gunpowder's Reject rebuilt the rejected batch forever (training hung)."""
+    from synful.config import Training
+    from synful.train import _training_samples, training_pipeline
+
+    cfg = Training(**{**TINY, "manifest": str(data["manifest"]), "num_workers": 0, "reject_probability": 1.0,
+                      "seed": 1})
+    pipeline, request, keys, _ = training_pipeline(cfg, _training_samples(cfg))
+    batches = _draw(pipeline, request, 8, seed=1)
+    assert all(b[keys.gt_indicator].data.any() for b in batches)  # every batch has a synapse

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from synful.cli import main as cli_main
@@ -149,3 +150,145 @@ def test_bad_configs(experiment):
     with pytest.raises(ConfigError, match=r"\[TransmitterTraining\] fmaps: expected an integer, got 'eight'"):
         read_transmitter_train_config(bad / "transmitter_train_config.ini")
     assert cli_main(["transmitter", "train", str(bad), "--iterations", "1"]) == 2
+
+
+def _copy_setup(base, setup, train_id, **values):
+    """A second training setup of the experiment with some keys of its config changed."""
+    import shutil
+
+    new = base / "exp" / "02_train" / f"setup_t{train_id}"
+    shutil.copytree(setup, new, ignore=shutil.ignore_patterns("checkpoints", "log"))
+    cfg = new / "transmitter_train_config.ini"
+    text = cfg.read_text()
+    for k, v in values.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"{k} ="))
+        text = text.replace(line, f"{k} = {v}")
+    cfg.write_text(text)
+    return new
+
+
+def test_precache_workers_draw_different_batches(experiment):
+    """With worker processes, every batch is drawn anew (gunpowder's PreCache repeated one batch)."""
+    import dask
+    import gunpowder as gp
+
+    from synful.gp import SeededPreCache
+    from synful.transmitters.splits import split_synapses
+    from synful.transmitters.train import build_pipeline, load_training_setup, open_raw
+
+    _, setup, _ = experiment
+    cfg, classes, store = load_training_setup(setup)
+    with store:
+        synapses = split_synapses(store, cfg.database, cfg.split_name, "train", synapse_types=cfg.synapse_types)
+    by_class = {i: [s for s in synapses if s["label"] == c] for i, c in enumerate(classes)}
+    raw_key, label_key = gp.ArrayKey("RAW"), gp.ArrayKey("LABEL")
+    raw = open_raw(cfg.raw_container, cfg.raw_dataset, cfg.voxel_size, "test")
+    pipeline = (build_pipeline(cfg, raw, by_class, raw_key, label_key) + gp.Stack(2)
+                + SeededPreCache(cfg.seed, cache_size=4, num_workers=3))
+    request = gp.BatchRequest()
+    request.add(raw_key, gp.Coordinate(cfg.input_shape) * gp.Coordinate(cfg.voxel_size))
+    request[label_key] = gp.ArraySpec(nonspatial=True)
+    with dask.config.set(scheduler="synchronous"), gp.build(pipeline):
+        batches = [pipeline.request_batch(request)[raw_key].data.tobytes() for _ in range(8)]
+    assert len(set(batches)) == 8
+
+
+def test_training_with_workers_logs_the_accuracy_it_has(experiment, caplog):
+    """A classifier trained with PreCache workers (the default) scores on its own training synapses what
+    its log claims: the log's accuracy came from one batch repeated, 1.0 while the model scored chance."""
+    import logging
+    import re
+
+    base, setup, _ = experiment
+    iterations = 300
+    setup1 = _copy_setup(base, setup, 1, num_workers=2, cache_size=8, log_every=25, checkpoint_every=iterations,
+                         dropout=0.0)
+    with caplog.at_level(logging.INFO, logger="synful.transmitters.train"):
+        assert cli_main(["transmitter", "train", str(setup1), "--iterations", str(iterations)]) == 0
+    logged = [float(m.group(1)) for r in caplog.records
+              if (m := re.search(r"accuracy ([0-9.]+)", r.getMessage()))]
+    assert len(logged) == iterations // 25
+    claimed = float(np.mean(logged[-4:]))  # the last 4 batches of 16
+
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "1", "-i", str(iterations), "-d", str(base))
+    assert r.returncode == 0, r.stderr
+    pdir = Path(r.stdout.split("created ", 1)[1].strip())
+    cfg = pdir / "transmitter_predict_config.ini"
+    cfg.write_text(cfg.read_text().replace("split_part = test", "split_part = train"))
+    assert cli_main(["transmitter", "predict", str(pdir)]) == 0
+    assert cli_main(["transmitter", "evaluate", str(pdir)]) == 0
+    result = json.loads((pdir / "evaluation" / "evaluation.json").read_text())
+    # training batches are class-balanced and augmented, the evaluation is not: allow some difference
+    measured = result["mean_class_accuracy"]
+    assert abs(claimed - measured) <= 0.2, (claimed, measured, result)
+    assert measured >= 0.7, result
+
+
+def test_mixed_precision_switches_change_the_layer_dtype(experiment, monkeypatch, caplog):
+    """Training without a GPU warns and stays float32 (it used to set a global float16 policy with no
+    check); prediction's switch reaches the layers of the loaded model (they used to stay float32)."""
+    import logging
+
+    from synful.models import precision
+    from synful.transmitters.predict import load_classifier, run_settings
+    from synful.transmitters.train import checkpoint_path
+
+    base, setup, _ = experiment
+    setup2 = _copy_setup(base, setup, 2, mixed_precision="true", num_workers=0, checkpoint_every=2)
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["transmitter", "train", str(setup2), "--iterations", "2"]) == 0
+    if not precision.gpu_visible():
+        assert "[TransmitterTraining] mixed_precision = true but no GPU is visible" in caplog.text
+        import keras
+
+        m = keras.models.load_model(checkpoint_path(setup2, 2))
+        assert m.get_layer("l0_conv0").compute_dtype == "float32"
+
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "2", "-i", "2", "-d", str(base))
+    assert r.returncode == 0, r.stderr
+    pdir = Path(r.stdout.split("created ", 1)[1].strip())
+    cfg = pdir / "transmitter_predict_config.ini"
+    cfg.write_text(cfg.read_text().replace("mixed_precision = false", "mixed_precision = true"))
+    monkeypatch.setattr(precision, "gpu_visible", lambda: True)  # the decision as made on a GPU node
+    model = load_classifier(run_settings(pdir))
+    assert model.get_layer("l0_conv0").compute_dtype == "float16"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    monkeypatch.setattr(precision, "gpu_visible", lambda: False)
+    assert load_classifier(run_settings(pdir)).get_layer("l0_conv0").compute_dtype == "float32"
+
+
+def test_resume_with_another_checkpoint_is_refused(experiment):
+    """A crashed run resumed with another checkpoint kept the first one's predictions under the second's name."""
+    from synful.transmitters.predict import RUN_FILE, predict
+
+    base, setup, store_url = experiment
+    if not (setup / "checkpoints" / f"model_checkpoint_{ITERATIONS + 2}.keras").is_file():
+        from synful.transmitters.train import train
+
+        train(setup, ITERATIONS + 2)
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", str(ITERATIONS), "-d", str(base))
+    assert r.returncode == 0, r.stderr
+    pdir = Path(r.stdout.split("created ", 1)[1].strip())
+    first = predict(pdir)
+    coll = first["collection"]
+    # a crash: the run file is gone and half of the predictions never got written
+    (pdir / RUN_FILE).unlink()
+    with open_store(store_url) as s:
+        c = s.collection("syn_predictions", coll)
+        ids = sorted(d["synapse_id"] for d in c.find())
+        for i in ids[::2]:
+            c.delete_many({"synapse_id": i})
+    cfg = pdir / "transmitter_predict_config.ini"
+    text = cfg.read_text()
+    cfg.write_text(text.replace(f"iteration = {ITERATIONS}", f"iteration = {ITERATIONS + 2}"))
+    with pytest.raises(StoreError, match=r"another checkpoint or settings .*model_checkpoint_402\.keras.*--overwrite"):
+        predict(pdir)
+    assert cli_main(["transmitter", "predict", str(pdir)]) == 2
+    # the same checkpoint resumes: only the missing half is predicted
+    cfg.write_text(text)
+    again = predict(pdir)
+    assert again["predicted_now"] == len(ids[::2]) and again["run_signature"] == first["run_signature"]
+    # a moved store path does not matter, but the checkpoint's bytes do: overwrite redoes it with the new one
+    cfg.write_text(text.replace(f"iteration = {ITERATIONS}", f"iteration = {ITERATIONS + 2}"))
+    redone = predict(pdir, overwrite=True)
+    assert redone["predicted_now"] == len(ids) and redone["run_signature"] != first["run_signature"]

@@ -3,7 +3,8 @@
 Public API: :func:`build_unet`, :func:`output_shape`, :func:`normalize_raw`.
 """
 
+from .precision import gpu_visible, layer_policy
 from .unet import HEADS, RAW_SCALE, RAW_SHIFT, build_unet, head_names, normalize_raw, output_shape, valid_input_sizes
 
 __all__ = ["HEADS", "RAW_SCALE", "RAW_SHIFT", "build_unet", "head_names", "normalize_raw", "output_shape",
-           "valid_input_sizes"]
+           "valid_input_sizes", "gpu_visible", "layer_policy"]

@@ -17,12 +17,12 @@ shape load into the same network built for a larger input (see :func:`build_unet
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..config import ConfigError, Training
+from .precision import layer_policy
 
 __all__ = [
     "HEADS",
@@ -44,7 +44,6 @@ RAW_SCALE = 2.0
 RAW_SHIFT = -1.0
 
 _AXES = "zyx"
-logger = logging.getLogger(__name__)
 
 
 def normalize_raw(raw: np.ndarray) -> np.ndarray:
@@ -220,22 +219,6 @@ def _decoder(x, skips, cfg: Training, prefix: str, dtype):
     return x
 
 
-def _layer_dtype(cfg: Training) -> str:
-    """``mixed_float16`` when asked for and a GPU is visible, else ``float32``.
-
-    TensorFlow has no float16 kernels for 3D pooling on CPU, so a config with
-    ``mixed_precision = true`` still runs (in float32) on a machine without GPU.
-    """
-    if not cfg.mixed_precision:
-        return "float32"
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    logger.warning("[Training] mixed_precision = true but no GPU is visible: using float32")
-    return "float32"
-
-
 def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
     """Build the (uncompiled) Keras U-Net of ``cfg`` for ``input_shape`` voxels (default ``cfg.input_shape``).
 
@@ -252,7 +235,7 @@ def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
 
     shape = tuple(int(s) for s in (cfg.input_shape if input_shape is None else input_shape))
     output_shape(cfg, shape)
-    dtype = _layer_dtype(cfg)
+    dtype = layer_policy(cfg.mixed_precision, "[Training] mixed_precision")
 
     raw = keras.Input(shape=(*shape, 1), name="raw", dtype="float32")
     x, skips = raw, []

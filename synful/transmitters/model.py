@@ -37,8 +37,12 @@ def output_level_shapes(input_shape, downsample_factors) -> list[tuple[int, int,
 
 def vgg3d(input_shape, num_classes: int, *, fmaps: int = 12, fmap_inc=(2, 2, 2, 2), n_convolutions=(2, 2, 2, 2),
           downsample_factors=((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)), fc_size: int = 4096,
-          dropout: float = 0.5, batch_norm: bool = True, name: str = "vgg3d"):
-    """Build the (uncompiled) VGG3D Keras model; see the module doc for shapes."""
+          dropout: float = 0.5, batch_norm: bool = True, name: str = "vgg3d", dtype: str = "float32"):
+    """Build the (uncompiled) VGG3D Keras model; see the module doc for shapes.
+
+    ``dtype``: the Keras dtype policy of every layer but the float32 logits (``"mixed_float16"``
+    computes in float16 with float32 weights; see :func:`synful.models.layer_policy`).
+    """
     import keras
     from keras import layers
 
@@ -54,22 +58,23 @@ def vgg3d(input_shape, num_classes: int, *, fmaps: int = 12, fmap_inc=(2, 2, 2, 
     f = int(fmaps)
     for level in range(levels):
         for c in range(int(n_convolutions[level])):
-            x = layers.Conv3D(f, 3, padding="same", use_bias=not batch_norm, name=f"l{level}_conv{c}")(x)
+            x = layers.Conv3D(f, 3, padding="same", use_bias=not batch_norm, name=f"l{level}_conv{c}",
+                              dtype=dtype)(x)
             if batch_norm:
-                x = layers.BatchNormalization(momentum=0.9, name=f"l{level}_bn{c}")(x)  # PyTorch-like: settles in short runs
-            x = layers.ReLU(name=f"l{level}_relu{c}")(x)
-        x = layers.MaxPooling3D(tuple(downsample_factors[level]), name=f"l{level}_pool")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"l{level}_bn{c}", dtype=dtype)(x)  # PyTorch-like: settles in short runs
+            x = layers.ReLU(name=f"l{level}_relu{c}", dtype=dtype)(x)
+        x = layers.MaxPooling3D(tuple(downsample_factors[level]), name=f"l{level}_pool", dtype=dtype)(x)
         f *= int(fmap_inc[level])
-    x = layers.Flatten(name="flatten")(x)
+    x = layers.Flatten(name="flatten", dtype=dtype)(x)
     for i in range(2):
-        x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
-        x = layers.Dense(fc_size, activation="relu", name=f"fc{i}")(x)
+        x = layers.Dropout(dropout, name=f"fc{i}_dropout", dtype=dtype)(x)
+        x = layers.Dense(fc_size, activation="relu", name=f"fc{i}", dtype=dtype)(x)
     logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)
 
 
-def vgg3d_from_config(cfg, num_classes: int):
-    """VGG3D from a :class:`synful.config.TransmitterTraining` section."""
+def vgg3d_from_config(cfg, num_classes: int, dtype: str = "float32"):
+    """VGG3D from a :class:`synful.config.TransmitterTraining` section, its layers of policy ``dtype``."""
     return vgg3d(cfg.input_shape, num_classes, fmaps=cfg.fmaps, fmap_inc=cfg.fmap_inc,
                  n_convolutions=cfg.n_convolutions, downsample_factors=cfg.downsample_factors,
-                 fc_size=cfg.fc_size, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+                 fc_size=cfg.fc_size, dropout=cfg.dropout, batch_norm=cfg.batch_norm, dtype=dtype)

@@ -38,7 +38,7 @@ from .train import TRAIN_CONFIG, checkpoint_path, open_raw, synapse_location
 logger = logging.getLogger(__name__)
 
 __all__ = ["PREDICT_CONFIG", "RUN_FILE", "TransmitterPredictError", "RunSettings", "run_settings",
-           "normalize_raw", "read_cubes", "predict", "read_predictions"]
+           "normalize_raw", "read_cubes", "load_classifier", "predict", "read_predictions"]
 
 PREDICT_CONFIG = "transmitter_predict_config.ini"
 RUN_FILE = "transmitter_prediction.json"
@@ -122,14 +122,49 @@ def read_cubes(raw, synapses: list[dict], input_shape) -> np.ndarray:
     return out
 
 
-def _predict_share(settings_dir: str, synapses: list[dict], worker: int) -> int:
-    """Predict ``synapses`` and insert their documents; runs in a worker process."""
-    import keras
+def load_classifier(settings: RunSettings):
+    """The run's VGG3D with the checkpoint's weights, its layers computing in the policy that
+    ``[TransmitterPrediction] mixed_precision`` asks for (float16 only where a GPU is visible)."""
+    from ..models.precision import layer_policy
+    from .model import vgg3d_from_config
 
+    policy = layer_policy(settings.config.mixed_precision,
+                          f"{settings.predict_dir / PREDICT_CONFIG} [TransmitterPrediction] mixed_precision")
+    # built anew from the training config: a model loaded from its file keeps the policy it was saved with
+    model = vgg3d_from_config(settings.train_config, len(settings.classes), dtype=policy)
+    try:
+        model.load_weights(settings.checkpoint)
+    except ValueError as e:
+        raise TransmitterPredictError(f"{settings.checkpoint}: does not fit the network of "
+                                      f"{settings.train_dir / TRAIN_CONFIG} (changed since training?): {e}") from None
+    return model
+
+
+def run_signature(settings: RunSettings) -> str:
+    """A digest of what a run's predictions are computed from: the checkpoint's bytes, the classes, the
+    network and raw of the training config, the raw dataset and the layer precision.  Paths enter only by
+    name, so a moved experiment keeps its signature."""
+    import hashlib
+
+    from ..models.precision import layer_policy
+
+    h = hashlib.sha256()
+    with open(settings.checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    t = settings.train_config
+    h.update(json.dumps({
+        "classes": settings.classes, "input_shape": list(t.input_shape), "voxel_size": list(t.voxel_size),
+        "raw": [Path(settings.raw_container).name, settings.raw_dataset],
+        "policy": layer_policy(settings.config.mixed_precision, "[TransmitterPrediction] mixed_precision"),
+    }, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _predict_share(settings_dir: str, synapses: list[dict], worker: int, signature: str = "") -> int:
+    """Predict ``synapses`` and insert their documents; runs in a worker process."""
     s = RunSettings(settings_dir)
-    if s.config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    model = keras.models.load_model(s.checkpoint, compile=False)
+    model = load_classifier(s)
     raw = open_raw(s.raw_container, s.raw_dataset, s.train_config.voxel_size,
                    f"{s.predict_dir / PREDICT_CONFIG} [TransmitterPrediction] raw_container")
     input_shape = tuple(model.input_shape[1:4])
@@ -148,7 +183,7 @@ def _predict_share(settings_dir: str, synapses: list[dict], worker: int) -> int:
                 docs.append({"synapse_id": syn["synapse_id"], "skeleton_id": syn["skeleton_id"],
                              "x": syn["x"], "y": syn["y"], "z": syn["z"], "label": syn.get("label"),
                              "probabilities": [float(v) for v in p], "predicted": s.classes[k],
-                             "predicted_index": k})
+                             "predicted_index": k, "run_signature": signature})
             coll.insert_many(docs)
             done += len(docs)
             logger.debug("worker %d: %d/%d synapses", worker, done, len(synapses))
@@ -184,7 +219,15 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
         synapses = split_synapses(store, s.database, s.split_name, s.split_part,
                                   synapse_types=s.train_config.synapse_types,
                                   neither_class=s.train_config.neither_class)
-        done_ids = {d["synapse_id"] for d in coll.find()}
+        signature = run_signature(s)
+        done = coll.find()
+        stale = next((d for d in done if d.get("run_signature") != signature), None)
+        if stale is not None:
+            raise StoreError(f"{store.url} {s.predictions_database}.{s.collection}: holds predictions of another "
+                             f"checkpoint or settings (synapse {stale['synapse_id']}: run signature "
+                             f"{stale.get('run_signature')}, now {signature} for {s.checkpoint.name}); set "
+                             f"overwrite = true in {PREDICT_CONFIG} or pass --overwrite to redo the run")
+        done_ids = {d["synapse_id"] for d in done}
         store_url = store.url
     if not synapses:
         raise TransmitterPredictError(f"split {s.split_name!r} has no {s.split_part} synapses")
@@ -194,11 +237,12 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
     workers = max(1, min(s.config.num_workers, len(todo)))
     shares = [todo[w::workers] for w in range(workers)]
     if workers == 1:
-        counts = [_predict_share(str(s.predict_dir), todo, 0)] if todo else [0]
+        counts = [_predict_share(str(s.predict_dir), todo, 0, signature)] if todo else [0]
     else:
         # spawn: TensorFlow is not fork-safe
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            counts = list(ex.map(_predict_share, [str(s.predict_dir)] * workers, shares, range(workers)))
+            counts = list(ex.map(_predict_share, [str(s.predict_dir)] * workers, shares, range(workers),
+                                 [signature] * workers))
     meta = {
         "collection": s.collection,
         "database": s.predictions_database,
@@ -206,6 +250,7 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
         "split": s.split_name,
         "split_part": s.split_part,
         "checkpoint": str(s.checkpoint),
+        "run_signature": signature,
         "classes": s.classes,
         "synapses": len(synapses),
         "predicted_now": int(sum(counts)),

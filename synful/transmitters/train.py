@@ -168,10 +168,18 @@ def write_scalars(writer, scalars: dict, step: int):
     writer.flush()
 
 
+def _model_policy(model) -> str:
+    """The dtype policy of a VGG3D's hidden layers (its logits are always float32)."""
+    return model.get_layer("l0_conv0").dtype_policy.name
+
+
 def _compile(model, cfg):
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+    optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+    if _model_policy(model) == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
@@ -202,10 +210,13 @@ def train(setup_dir, iterations: int) -> dict:
     ``checkpoint_every`` iterations and at the end; TensorBoard scalars go to
     ``<setup>/log``.
     """
+    import dask
     import gunpowder as gp
     import keras
     import tensorflow as tf
 
+    from ..gp.precache import SeededPreCache, seeded_request
+    from ..models.precision import layer_policy
     from .model import vgg3d_from_config
     from .splits import split_synapses
 
@@ -227,8 +238,7 @@ def train(setup_dir, iterations: int) -> dict:
         logger.warning("no training synapses of class(es) %s: they are never sampled", ", ".join(missing))
     raw = open_raw(cfg.raw_container, cfg.raw_dataset, cfg.voxel_size, f"{source} [TransmitterTraining]")
 
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = layer_policy(cfg.mixed_precision, f"{source} [TransmitterTraining] mixed_precision")
     keras.utils.set_random_seed(cfg.seed)
     (setup_dir / "checkpoints").mkdir(exist_ok=True)
     write_config(setup_dir / "checkpoints" / "resolved_transmitter_train_config.ini", cfg)
@@ -243,9 +253,16 @@ def train(setup_dir, iterations: int) -> dict:
         start, path = latest
         logger.info("resuming from %s", path)
         model = keras.models.load_model(path)
+        if _model_policy(model) != policy:
+            logger.warning("%s was trained with layer policy %s, now %s: its weights are kept, the optimizer "
+                           "state starts anew", path, _model_policy(model), policy)
+            weights = model.get_weights()
+            model = vgg3d_from_config(cfg, len(classes), dtype=policy)
+            model.set_weights(weights)
+            _compile(model, cfg)
     else:
         start = 0
-        model = vgg3d_from_config(cfg, len(classes))
+        model = vgg3d_from_config(cfg, len(classes), dtype=policy)
         _compile(model, cfg)
     if start >= iterations:
         logger.info("already trained to iteration %d >= %d", start, iterations)
@@ -255,19 +272,21 @@ def train(setup_dir, iterations: int) -> dict:
     raw_key, label_key = gp.ArrayKey("RAW"), gp.ArrayKey("LABEL")
     pipeline = build_pipeline(cfg, raw, by_class, raw_key, label_key) + gp.Stack(cfg.batch_size)
     if cfg.num_workers > 0:
-        pipeline += gp.PreCache(cache_size=cfg.cache_size, num_workers=cfg.num_workers)
+        pipeline += SeededPreCache(cfg.seed, first=start, cache_size=cfg.cache_size, num_workers=cfg.num_workers)
     voxel_size = gp.Coordinate(cfg.voxel_size)
     input_size = gp.Coordinate(cfg.input_shape) * voxel_size
 
+    request = gp.BatchRequest()
+    request.add(raw_key, input_size)
+    request[label_key] = gp.ArraySpec(nonspatial=True)
     writer = tf.summary.create_file_writer(str(setup_dir / "log"))
     path = None
     t0, seen = time.perf_counter(), np.zeros(len(classes), dtype=np.int64)
-    with gp.build(pipeline):
+    # PreCache forks its workers; dask's thread pool does not survive a fork, so volumes are read without threads
+    with dask.config.set(scheduler="synchronous"), gp.build(pipeline):
         for it in range(start + 1, iterations + 1):
-            request = gp.BatchRequest(random_seed=cfg.seed * 1_000_003 + it)
-            request.add(raw_key, input_size)
-            request[label_key] = gp.ArraySpec(nonspatial=True)
-            batch = pipeline.request_batch(request)
+            # without workers, batch `it` is drawn with its own seed; SeededPreCache seeds its workers' batches
+            batch = pipeline.request_batch(request if cfg.num_workers > 0 else seeded_request(request, cfg.seed, it))
             x = batch[raw_key].data.astype(np.float32)[..., None]  # (b, z, y, x, 1)
             y = batch[label_key].data.astype(np.int64).reshape(-1)
             seen += np.bincount(y, minlength=len(classes))
