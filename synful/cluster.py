@@ -16,7 +16,15 @@ running job:
   checkpoint and the log tail;
 - :func:`discover_gpus` lists the GPUs of this machine through NVML, and
   :func:`block_worker_count` / :func:`worker_gpu` spread blockwise workers
-  over them.
+  over them;
+- :func:`serve_blocks` is the block loop of every blockwise worker: it ends the
+  worker when its daisy scheduler is gone (:class:`SchedulerLost`).
+
+Workers never outlive their run.  :func:`run` (what a daisy worker slot calls to
+start one worker) cancels the job when the slot is interrupted, terminated, or
+orphaned -- its parent, the scheduler process, ended, even by SIGKILL -- and a
+worker that loses its connection to the scheduler exits (:func:`serve_blocks`),
+so a Slurm worker job whose slot died with the scheduler ends by itself too.
 
 Cluster profiles (YAML in ``configs/clusters/``) hold site defaults.  A
 ``[Worker]`` key still at its built-in default takes the profile's value; a
@@ -55,11 +63,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import Worker, read_worker_config
+from .config import (SBATCH_OPTION_RE, SLURM_MEM_RE, SLURM_TIME_RE, ConfigError, Worker, check_worker_section,
+                     read_worker_config)
 from .errors import SynfulError
 
 __all__ = [
     "ClusterError",
+    "SchedulerLost",
     "PROFILE_DIR",
     "Profile",
     "JobHandle",
@@ -75,6 +85,7 @@ __all__ = [
     "check_worker",
     "launch",
     "run",
+    "serve_blocks",
     "job_state",
     "read_job_records",
     "submit_training",
@@ -104,6 +115,10 @@ EXIT_NO_RESULT = -int(signal.SIGTERM)
 
 class ClusterError(SynfulError):
     """A worker config, container, mount, partition or job cannot be used; the message names it."""
+
+
+class SchedulerLost(ClusterError):
+    """A blockwise worker (or the slot waiting for it) lost the daisy scheduler of its run: no block will come."""
 
 
 # --------------------------------------------------------------------------------------
@@ -222,6 +237,10 @@ def load_profile(name: str) -> Profile:
         if k not in fields or k == "cluster_profile":
             raise ClusterError(f"{path} defaults: unknown [Worker] key '{k}'")
         _check_profile_value(path, k, hints[k], v)
+    try:  # a profile's strings reach job scripts exactly like a worker_config.ini's
+        check_worker_section(dataclasses.replace(Worker(), **defaults), f"{path} defaults:")
+    except ConfigError as e:
+        raise ClusterError(str(e)) from None
     setup = data.get("setup") or []
     if not isinstance(setup, list) or not all(isinstance(s, str) for s in setup):
         raise ClusterError(f"{path} setup: expected a list of shell lines")
@@ -324,7 +343,7 @@ def synful_command(worker_cfg: Worker, args: Sequence[str]) -> list[str]:
 def parse_time_limit(value: str) -> int:
     """Slurm time limit -> minutes (rounded up).  Accepts MM, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
     v = str(value).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", v)
+    m = SLURM_TIME_RE.fullmatch(v)
     if not m:
         raise ClusterError(f"[Worker] time_limit: expected MM, HH:MM:SS or D-HH:MM:SS, got '{value}'")
     days, a, b, c = m.groups()
@@ -345,7 +364,7 @@ def parse_time_limit(value: str) -> int:
 
 def parse_mem(value: str) -> int:
     """Slurm memory (e.g. ``25G``, ``500M``, ``1T``, plain number = MB) -> MB."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", str(value).strip(), flags=re.IGNORECASE)
+    m = SLURM_MEM_RE.fullmatch(str(value).strip())
     if not m:
         raise ClusterError(f"[Worker] mem: expected a size like 500M or 25G, got '{value}'")
     factor = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2).upper()]
@@ -359,7 +378,7 @@ def parse_sbatch_extra(items: Sequence[str]) -> dict:
     """``--key=value`` / ``--flag`` strings -> submitit ``additional_parameters`` ({key: value or True})."""
     out = {}
     for item in items:
-        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9_-]*)(?:=(.+))?", item.strip())
+        m = SBATCH_OPTION_RE.fullmatch(item.strip())
         if not m:
             raise ClusterError(f"[Worker] sbatch_extra: {item!r}: use the long form --option=value "
                                f"(e.g. --qos=high) or --flag")
@@ -408,12 +427,18 @@ def _slurm_partitions() -> dict[str, _Partition]:
 def check_worker(worker_cfg: Worker) -> Worker:
     """Validate a [Worker] section for launching; return it with its profile applied.
 
-    Checks container image and mount directories, and for the slurm executor:
+    Checks every string's syntax (:func:`synful.config.check_worker_section`: no control
+    characters, Slurm syntax -- also for a Worker built in code or changed by a profile),
+    container image and mount directories, and for the slurm executor:
     sbatch on PATH, the partition (``queue``) known to sinfo, a node in it
     with enough GPUs, CPUs and memory (a request no node can satisfy would
     pend forever), time limit, memory and extra sbatch options.
     Raises :class:`ClusterError` naming the key at fault.
     """
+    try:
+        check_worker_section(worker_cfg)  # before the profile is looked up by a name that could be anything
+    except ConfigError as e:
+        raise ClusterError(str(e)) from None
     worker, _ = resolve_worker(worker_cfg)
     container_command(worker_cfg, ["true"])
     if worker.executor != "slurm":
@@ -731,10 +756,22 @@ def _submit_slurm(worker: Worker, cmd: list[str], *, name: str, log_dir: Path, e
     return SlurmJob(job, name=name)
 
 
+#: seconds between two looks of a waiting worker slot at its job and its parent
+_SLOT_POLL_S = 0.25
+
+
 def run(worker_cfg: Worker, argv: Sequence[str], *, name: str, log_dir, env: Optional[dict] = None,
         gpu: Optional[int] = None) -> int:
-    """:func:`launch` and wait; the exit code.  If this process is interrupted or terminated
-    while waiting, the job is cancelled first (no orphaned cluster jobs)."""
+    """:func:`launch` and wait; the exit code.  What a daisy worker slot calls to run one worker.
+
+    The job never outlives this call.  It is cancelled (``scancel``, or the local process group
+    stopped) before this function leaves by an exception: when this process is interrupted
+    (Ctrl-C) or terminated (SIGTERM), and when it is orphaned -- its parent process, the scheduler
+    that started this slot, ended, even by SIGKILL; that is seen within a fraction of a second and
+    raises :class:`SchedulerLost`.  So use :func:`launch` for a job that must outlive the process
+    that starts it (e.g. a script under ``nohup`` whose shell exits).
+    """
+    parent = os.getppid()  # the scheduler (daisy spawns each worker slot as its child)
     handle = launch(worker_cfg, argv, name=name, log_dir=log_dir, env=env, gpu=gpu)
 
     def _term(signum, frame):
@@ -744,6 +781,12 @@ def run(worker_cfg: Worker, argv: Sequence[str], *, name: str, log_dir, env: Opt
     with suppress(ValueError):  # not the main thread: no handler, the caller owns cancellation
         old = signal.signal(signal.SIGTERM, _term)
     try:
+        # poll rather than block in wait(): a SIGKILLed parent sends no signal, reparenting is the only trace
+        while not handle.done():
+            if os.getppid() != parent:
+                raise SchedulerLost(f"the scheduler process (pid {parent}) that started {handle.executor} job "
+                                    f"{handle.job_id} ({name}) ended; cancelling the job")
+            time.sleep(_SLOT_POLL_S)
         return handle.wait()
     except BaseException:
         handle.cancel()
@@ -751,6 +794,45 @@ def run(worker_cfg: Worker, argv: Sequence[str], *, name: str, log_dir, env: Opt
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+def serve_blocks(client, process, *, keep_going: bool = False) -> int:
+    """The block loop of a blockwise worker: ``process(block)`` for every block that the daisy ``client``
+    (a ``daisy.Client``) hands out, until the scheduler has none left; returns the blocks processed.
+
+    - A block whose ``process`` raises is reported to the scheduler as failed (it retries the block,
+      up to ``max_retries``).  ``keep_going=True`` logs the error and asks for the next block;
+      otherwise the exception ends the worker (the scheduler counts a worker failure).
+    - Any other exception comes from the connection to the scheduler (acquiring or releasing a
+      block): the scheduler is gone (killed, crashed, its host down) and no block will ever come,
+      so the loop raises :class:`SchedulerLost` and the worker exits.  Retrying instead would spin
+      on the dead socket at full CPU, and on Slurm hold the job until its time limit.
+    - A scheduler already gone when the client was made (a worker started after its run ended)
+      hands out no block: the loop returns 0.
+    """
+    done = 0
+    while True:
+        failed = None
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    return done
+                try:
+                    process(block)
+                except Exception as e:
+                    failed = e
+                    raise
+            done += 1
+        except Exception as e:
+            if failed is None:  # not the block's own error: the scheduler connection broke
+                where = f"{getattr(client, 'host', '?')}:{getattr(client, 'port', '?')}"
+                raise SchedulerLost(f"lost the daisy scheduler at {where} ({type(e).__name__}: {e}) after "
+                                    f"{done} block(s); the worker exits") from e
+            if not keep_going:
+                raise
+            # the failure went to the scheduler with its traceback; if reporting it broke the
+            # connection, the next acquire_block() raises and ends the loop above
+            logger.error("block failed: %s: %s", type(failed).__name__, failed)
 
 
 # --------------------------------------------------------------------------------------

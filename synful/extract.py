@@ -471,18 +471,15 @@ def run_worker(predict_dir) -> None:
     """Worker entry point: take blocks from the daisy server named in $DAISY_CONTEXT until none are left.
 
     What a cluster job runs (``synful extract-worker PREDICT_DIR``); local runs use daisy's own workers.
+    A failed block is reported to the server (not done) and the worker serves the next one; when the
+    server is gone the worker exits with :class:`synful.cluster.SchedulerLost` (see
+    :func:`synful.cluster.serve_blocks`).
     """
     import daisy
 
-    client = daisy.Client()
-    while True:
-        try:
-            with client.acquire_block() as block:
-                if block is None:
-                    return
-                process_block(predict_dir, block)
-        except Exception as e:  # reported to the server as failed (not done); keep serving other blocks
-            logger.error("block failed: %s: %s", type(e).__name__, e)
+    from .cluster import serve_blocks
+
+    serve_blocks(daisy.Client(), functools.partial(process_block, predict_dir), keep_going=True)
 
 
 class _ClusterWorker:

@@ -29,9 +29,13 @@
    a rerun of a finished run starts no TensorFlow) and running the network on ``batch_size`` tiles
    at a time.  :func:`spawn_worker` starts one; locally each holds one GPU
    (``CUDA_VISIBLE_DEVICES``), or runs on CPU threads when there is none.  The scheduler process
-   itself only hands out blocks and draws the progress bar.
+   itself only hands out blocks and draws the progress bar.  No worker outlives the scheduler: a
+   worker slot whose scheduler ended (even by SIGKILL) cancels its worker (Slurm job or process),
+   and a worker that loses the scheduler's connection exits (:func:`synful.cluster.serve_blocks`).
 5. daisy's done markers live in ``PREDICT_DIR/blocks/``: a rerun skips finished blocks, and refuses
-   to resume when the resolved configuration changed; ``overwrite=True`` starts over.
+   to resume when what determines the output changed (:meth:`PredictionPlan.signature`: checkpoint
+   content, raw data, geometry, settings -- not where the experiment lives, so a copied or moved
+   experiment resumes); ``overwrite=True`` starts over.
    Run metadata (resolved config, checkpoint, versions, times, block counts, throughput) is written
    beside the outputs as ``<run>_prediction.json`` and ``<run>_predict_config.ini``.
 
@@ -179,13 +183,50 @@ class PredictionPlan:
         names = {HEAD_INDICATOR: self.prediction.indicator_dataset, HEAD_VECTORS: self.prediction.vectors_dataset}
         return {h: names[h] for h in self.heads}
 
+    @property
+    def experiment_dir(self) -> Path:
+        """The experiment holding this run (``<exp>`` of ``<exp>/03_predict/setup_t<T>_p<P>``); the run
+        directory itself for a run outside the experiment layout."""
+        from .scaffold import run_ids
+
+        try:
+            run_ids(self.predict_dir)
+        except SynfulError:
+            return self.predict_dir
+        return self.predict_dir.parent.parent
+
     def signature(self) -> str:
-        """A hash of everything that decides the values written; a resumed run must match it."""
+        """A hash of everything that decides the values written; a resumed run must match it.
+
+        It does not depend on where the experiment lives, so a copied or moved experiment resumes:
+        a path inside the experiment enters relative to it (outside it: absolute), the checkpoint by
+        the sha256 of its content, the raw data by its location, dataset, dtype, voxel size and ROI.
+        Another checkpoint, raw dataset, ROI, network input, tiling, padding, output location or
+        encoding, or training config gives another signature.
+        """
+        p = self.prediction
+        root = self.experiment_dir
+        keys = {
+            "checkpoint_sha256": _content_sha256(self.checkpoint),
+            "raw": {"container": _portable(self.raw_container, root), "dataset": self.raw_dataset,
+                    "dtype": _raw_dtype(self.raw_container, self.raw_dataset), "voxel_size": list(self.voxel_size),
+                    "roi": [list(self.raw_roi.offset), list(self.raw_roi.shape)]},
+            "roi": [list(self.roi.offset), list(self.roi.shape)], "input_shape": list(self.input_shape),
+            # the tiling decides the values too (pooling phase): a change must not resume old blocks
+            "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
+            "block_write": list(self.block_write), "block_read": list(self.block_read),
+            "padding": p.padding, "out": _portable(p.out_container, root),
+            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
+            "mixed_precision": p.mixed_precision, "training": _portable(to_dict(self.training), root),
+        }
+        return "v2-" + hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def legacy_signature(self) -> str:
+        """The signature of synful <= 0.x runs (absolute paths): a run started by it resumes in place."""
         p = self.prediction
         keys = {
             "checkpoint": str(self.checkpoint), "raw": [self.raw_container, self.raw_dataset],
             "roi": [list(self.roi.offset), list(self.roi.shape)], "input_shape": list(self.input_shape),
-            # the tiling decides the values too (pooling phase): a change must not resume old blocks
             "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
             "block_write": list(self.block_write), "block_read": list(self.block_read),
             "padding": p.padding, "out": p.out_container,
@@ -193,6 +234,52 @@ class PredictionPlan:
             "mixed_precision": p.mixed_precision, "training": to_dict(self.training),
         }
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def matches(self, signature: str | None) -> bool:
+        """True if ``signature`` (as stored by an earlier run of these outputs) is this plan's."""
+        return signature == self.signature() or (signature is not None and not signature.startswith("v2-")
+                                                 and signature == self.legacy_signature())
+
+
+def _portable(value, root: Path):
+    """``value`` with every absolute path inside ``root`` made relative to it (``<experiment>/...``); lists and
+    dicts recursively.  What a signature hashes instead of where the experiment happens to live."""
+    if isinstance(value, dict):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v, root) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(os.path.normpath(value))
+        if path == root or root in path.parents:
+            return "<experiment>/" + path.relative_to(root).as_posix()
+    return value
+
+
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, or of a directory's files (relative names and bytes, in name order);
+    cached per process by path, size and mtime (a signature is computed several times per run)."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        for f in files:
+            if path.is_dir():
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        _SHA256_CACHE[stamp] = h.hexdigest()
+    return _SHA256_CACHE[stamp]
+
+
+def _raw_dtype(container: str, dataset: str) -> str:
+    from .io.volumes import open_volume
+
+    return str(open_volume(container, dataset).dtype)
 
 
 def _run_name(predict_dir: Path) -> str:
@@ -569,31 +656,36 @@ def run_worker(predict_dir) -> int:
     named in ``$DAISY_CONTEXT`` hands out until there are none left, loading the model once.
 
     Returns the number of blocks processed.  Refuses to run when the run's configuration changed
-    since the scheduler started it (the signature in ``PREDICT_DIR/blocks/`` differs).
+    since the scheduler started it (the signature in ``PREDICT_DIR/blocks/`` differs).  Raises
+    :class:`synful.cluster.SchedulerLost` (the worker exits) when the scheduler is gone.
     """
     import daisy.v2 as daisy
 
+    from .cluster import serve_blocks
+
     plan = plan_prediction(predict_dir)
     sig_file = _signature_path(plan)
-    if sig_file.is_file() and json.loads(sig_file.read_text()).get("signature") != plan.signature():
+    if sig_file.is_file() and not plan.matches(json.loads(sig_file.read_text()).get("signature")):
         raise PredictionError(f"{plan.predict_dir}: configuration changed since this run started; "
                               f"rerun `synful predict {plan.predict_dir}` (with --overwrite to start over)")
     kill_after = int(os.environ.get(KILL_AFTER_BLOCKS_ENV, "0") or 0)
-    client = daisy.Client()
     predictor = None
     done = 0
     t0 = time.time()
-    while True:
-        with client.acquire_block() as block:
-            if block is None:
-                break
-            if predictor is None:  # TensorFlow only once there is work: a rerun of a finished run stays cheap
-                _configure_tensorflow(plan)
-                predictor = BlockPredictor(plan)
-            if kill_after and done >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die hard while holding a block
-            predictor.process(block)
-            done += 1
+
+    def process(block):
+        nonlocal predictor, done
+        if predictor is None:  # TensorFlow only once there is work: a rerun of a finished run stays cheap
+            _configure_tensorflow(plan)
+            predictor = BlockPredictor(plan)
+        if kill_after and done >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die hard while holding a block
+        predictor.process(block)
+        done += 1
+
+    # a failed block ends this worker (daisy replaces it, up to max_retries x workers); a lost
+    # scheduler ends it with SchedulerLost
+    serve_blocks(daisy.Client(), process)
     logger.info("worker processed %d blocks in %.1f s", done, time.time() - t0)
     return done
 
@@ -604,7 +696,8 @@ def spawn_worker(worker_cfg: Worker, argv: list[str], *, name: str, log_dir: Pat
 
     The one place a worker is launched: :func:`synful.cluster.run` makes it a local subprocess (``gpu``
     sets ``CUDA_VISIBLE_DEVICES``) or a Slurm job, inside the worker's container if one is configured,
-    and cancels it if this process is terminated.  Replace this function to launch workers elsewhere.
+    and cancels it if this process is interrupted or terminated, or the scheduler that started this
+    worker slot ends (even by SIGKILL).  Replace this function to launch workers elsewhere.
     """
     from .cluster import run
 
@@ -789,9 +882,9 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
 
     from .cluster import block_worker_count, check_worker, discover_gpus
 
-    plan = plan_prediction(predict_dir)
-    worker_ini = plan.predict_dir / "worker_config.ini"
+    worker_ini = Path(predict_dir).resolve() / "worker_config.ini"
     worker_cfg = read_worker_config(worker_ini) if worker_ini.is_file() else Worker()
+    plan = plan_prediction(predict_dir)
     if executor is not None:  # `synful predict --submit`: workers as Slurm jobs whatever the config says
         from dataclasses import replace
 
@@ -804,8 +897,7 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
         shutil.rmtree(plan.tracking_dir, ignore_errors=True)
         sig_file.unlink(missing_ok=True)
     elif sig_file.is_file():
-        old = json.loads(sig_file.read_text()).get("signature")
-        if old != plan.signature():
+        if not plan.matches(json.loads(sig_file.read_text()).get("signature")):
             raise PredictionError(f"{plan.predict_dir}: the configuration changed since the last (unfinished or "
                                   f"finished) run of these outputs; rerun with --overwrite to start over")
     elif plan.tracking_dir.exists():

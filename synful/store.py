@@ -64,9 +64,58 @@ class StoreError(SynfulError):
     """The result store cannot be opened, reached or written; the message names the store (never credentials)."""
 
 
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+# RFC 3986: userinfo = *( unreserved / pct-encoded / sub-delims / ":" ); a raw '@', '/', '?', '#' or space is not in it
+_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:-]*")
+_HOST = r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.%]+\])(?::\d{1,5})?"
+_HOSTS = re.compile(rf"{_HOST}(?:,{_HOST})*")  # mongodb://h1:27017,h2:27017
+_WITHHELD = "<withheld: credentials or hosts cannot be parsed>"
+_SECRET_OPTION = re.compile(r"(?i)([?&][^=&#]*(?:password|secret|token|authmechanismproperties)[^=&#]*=)[^&#]*")
+
+
+def _redact_one(url: str) -> str:
+    m = _URL_SCHEME.match(url)
+    scheme, rest = m.group(1), url[m.end():]
+    if scheme.lower() in ("sqlite", "file") and rest.startswith("/"):
+        return url  # no authority: a path, never credentials
+    withheld = f"{scheme}://{_WITHHELD}"
+    userinfo = None
+    if "@" in rest:
+        # the LAST '@' ends the credentials, so an unescaped '@' or '/' in a password cannot split it
+        userinfo, _, rest = rest.rpartition("@")
+        if not _USERINFO.fullmatch(userinfo):
+            return withheld  # e.g. a raw '@' or '/' in the password: which part is the host is a guess
+    hosts, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()
+    if not _HOSTS.fullmatch(hosts):
+        return withheld  # e.g. mongodb://user:secret with no '@': the 'port' would be the password
+    tail = _SECRET_OPTION.sub(r"\1***", tail)
+    return f"{scheme}://{'***@' if userinfo is not None else ''}{hosts}{tail}"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` removed, safe to print and log."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/]*@", r"\1***@", str(url))
+    """``url`` safe to print and log: ``scheme://***@hosts/path?options`` without the credentials.
+
+    The URL is parsed, not pattern-matched: the credentials end at the last ``@``, must be valid
+    RFC 3986 userinfo (percent-escaped), and the hosts after them must be ``host[:port]`` items.
+    Anything else -- an unescaped ``@`` or ``/`` in a password, a space, ``mongodb://user:secret``
+    without ``@`` -- prints as ``scheme://<withheld: ...>``: a URL whose credentials cannot be parsed
+    is never shown.  Values of options named like a password, secret or token become ``***``.
+    ``sqlite:///path`` URLs are returned unchanged.  Text that does not start with a URL (an error
+    message) keeps its words, and every URL in it (up to the next whitespace) is redacted; after a
+    withheld one the rest of its line goes too (an unescaped space may have split the URL).
+    """
+    text = str(url)
+    if _URL_SCHEME.match(text):
+        return _redact_one(text)  # the whole string is the URL, spaces included
+    out, pos = [], 0
+    while (m := _URL_IN_TEXT.search(text, pos)) is not None:
+        red, end = _redact_one(m.group(0)), m.end()
+        if red.endswith(_WITHHELD):
+            end = text.find("\n", end) if "\n" in text[end:] else len(text)
+        out += [text[pos:m.start()], red]
+        pos = end
+    return "".join(out + [text[pos:]])
 
 
 def _check_collection(name: str) -> str:
