@@ -38,15 +38,40 @@ holds its post site; the read ROI adds ``context`` nm on every side so that a
 component crossing a block border is seen whole by every block that sees it
 (components touching the read ROI border are counted as truncated and
 logged: raise ``context`` then).
+
+Resuming, and what a run is (:func:`extract`):
+
+- Done markers (``<predict_dir>/extract_tracking``) are only trusted with the
+  *signature* they were made under (``extract_tracking/signature.json``): a hash
+  of everything the partners depend on -- the prediction (the id of the
+  finished ``synful predict`` run, or for outputs of another tool the shape,
+  dtype, ROI and scale of its datasets), the extraction settings, the
+  segmentation, the block layout, and the store and collection.  Paths inside
+  the experiment count relative to the run directory, so a moved experiment
+  resumes.  Any difference refuses to start, naming what changed; ``--overwrite``
+  redoes the extraction.  A prediction that has not finished (no completed run
+  metadata, or a newer run started since) is refused too.
+- A run has an identity, a uuid created by its first extraction and kept in
+  ``<predict_dir>/extraction_run.json`` (it survives ``--overwrite`` and moving
+  the directory).  The collection records the run that owns it
+  (:meth:`synful.store.Store.claim_run`, with the signature); a different run --
+  another experiment with the same names writing to the same MongoDB -- is
+  refused with both named, even with ``--overwrite``.  Markers whose collection
+  lost its record (dropped by hand), and collections holding partners of an
+  unknown run, are refused as well.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
+import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +94,10 @@ logger = logging.getLogger(__name__)
 
 TASK_ID = "extract"
 TRACKING_DIR = "extract_tracking"
+#: in TRACKING_DIR: the signature the done markers were made under
+SIGNATURE_FILE = "signature.json"
+#: in the run directory: the run's identity (uuid), made by its first extraction
+RUN_FILE = "extraction_run.json"
 SUMMARY_FILE = "extraction_summary.json"
 HISTOGRAM_FILE = "extraction_scores.png"
 _BITS = 21
@@ -386,7 +415,7 @@ class _Run:
         ini = self.predict_dir / "predict_config.ini"
         cfg = read_predict_config(ini)
         self.cfg = cfg.extraction
-        p = cfg.prediction
+        self.prediction = p = cfg.prediction
         self.indicator = _open_array(p.out_container, p.indicator_dataset, "indicator")
         self.vectors = _open_array(p.out_container, p.vectors_dataset, "partner-vector")
         self.indicator_scale = _stored_scale(self.indicator, p.out_container, p.indicator_dataset,
@@ -413,6 +442,27 @@ class _Run:
                     f"{tuple(self.segmentation.voxel_size)}, the predictions {tuple(self.indicator.voxel_size)}")
         self._store_factory = functools.partial(store_from_config, self.cfg, self.predict_dir)
         self._store = None
+        self._parts = None  # the signature's parts, computed once per process
+        self._signature_checked = False
+
+    def signature_parts(self) -> dict:
+        """What the partners depend on (see the module docstring), JSON-normalised; computed once."""
+        if self._parts is None:
+            self._parts = _canonical(_signature_parts(self))
+        return self._parts
+
+    def check_signature(self) -> None:
+        """Refuse to process blocks of an extraction started with other inputs (changed since it started)."""
+        if self._signature_checked:
+            return
+        path = self.predict_dir / TRACKING_DIR / SIGNATURE_FILE
+        if path.is_file():
+            started = _read_json(path, "extraction signature")
+            if started.get("signature") != _hash(self.signature_parts()):
+                changes = _changes(started.get("parts") or {}, self.signature_parts()) or ["the signature differs"]
+                raise ExtractionError(f"{path}: the extraction's inputs changed since it started "
+                                      f"({'; '.join(changes)}); rerun `synful extract {self.predict_dir}`")
+        self._signature_checked = True
 
     @property
     def store(self):
@@ -433,6 +483,247 @@ class _Run:
         return total, Roi((0, 0, 0), block + ctx * 2), Roi(ctx, block)
 
 
+# --------------------------------------------------------------------------------------
+# the signature of an extraction, and the run's identity
+# --------------------------------------------------------------------------------------
+
+#: [Extraction] keys the signature takes from elsewhere (the store, the segmentation, the effective scales)
+_NOT_SETTINGS = ("store_url", "database", "collection", "credentials_file", "credentials_env", "seg_container",
+                 "seg_dataset", "indicator_scale", "partner_vectors_scale")
+_LABELS = {"prediction": "prediction", "inputs": "prediction dataset", "extraction": "[Extraction]",
+           "segmentation": "segmentation", "store": "store", "layout": "block layout"}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ExtractionError(f"{path}: cannot read the {what}: {e}") from None
+    if not isinstance(data, dict):
+        raise ExtractionError(f"{path}: the {what} is not a JSON object")
+    return data
+
+
+def _canonical(data):
+    """``data`` as it reads back from JSON (tuples become lists), so stored and fresh values compare equal."""
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def _hash(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _changes(old: dict, new: dict, limit: int = 6) -> list[str]:
+    """``label key: old -> new`` for each leaf that differs between two signatures' parts."""
+    out: list[str] = []
+    missing = object()
+
+    def fmt(v) -> str:
+        return "(none)" if v is missing else json.dumps(v)
+
+    def walk(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, missing), b.get(k, missing), key + [k])
+        elif a != b:
+            label = _LABELS.get(key[0], key[0]) + (" " + ".".join(key[1:]) if len(key) > 1 else "")
+            out.append(f"{label}: {fmt(a)} -> {fmt(b)}")
+
+    walk(old, new, [])
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _experiment_root(predict_dir: Path) -> Path:
+    from .scaffold import run_ids
+
+    try:
+        run_ids(predict_dir)
+    except SynfulError:  # a run directory outside the experiment layout
+        return predict_dir
+    return predict_dir.parents[1]
+
+
+def _portable(path, predict_dir: Path) -> str:
+    """``path`` relative to the run directory when it lies inside the run's experiment, else absolute.
+
+    So the signature of a moved (or copied) experiment stays the same, while data outside it keeps its place.
+    """
+    path = Path(path).resolve()
+    try:
+        path.relative_to(_experiment_root(predict_dir))
+    except ValueError:
+        return str(path)
+    return os.path.relpath(path, predict_dir)
+
+
+def _array_description(array) -> dict:
+    return {"shape": list(array.shape), "dtype": str(np.dtype(array.dtype)),
+            "roi": [list(array.roi.offset), list(array.roi.shape)], "voxel_size": list(array.voxel_size)}
+
+
+def _run_name(predict_dir: Path) -> str:
+    from .scaffold import run_ids
+
+    try:
+        return run_ids(predict_dir).name
+    except SynfulError:
+        return predict_dir.name
+
+
+def _prediction_identity(predict_dir: Path, out_container) -> dict:
+    """The finished ``synful predict`` run that wrote the outputs; ``{"source": "external"}`` for another tool's.
+
+    ``synful predict`` writes ``<predict_dir>/blocks/predict_<run>.signature.json`` (with the run's id) when
+    it starts and ``<run>_prediction.json`` beside the output container when it ends (``complete``, the
+    same id).  Raises :class:`ExtractionError` when the prediction has not finished: no metadata yet,
+    metadata saying incomplete, or a newer run (``--overwrite``, a resumed run) started after it.
+    """
+    name = _run_name(predict_dir)
+    started_path = predict_dir / "blocks" / f"predict_{name}.signature.json"
+    meta_path = Path(out_container).parent / f"{name}_prediction.json"
+    started = _read_json(started_path, "prediction signature") if started_path.is_file() else None
+    meta = _read_json(meta_path, "prediction metadata") if meta_path.is_file() else None
+    if started is None and meta is None:
+        return {"source": "external"}
+    finish = f"finish it with `synful predict {predict_dir}` before extracting"
+    if meta is None or not meta.get("complete"):
+        if meta is None:
+            state = f"has started ({started_path}) but not finished ({meta_path} does not exist)"
+        else:
+            b = meta.get("blocks") or {}
+            done = int(b.get("processed", 0) or 0) + int(b.get("skipped", 0) or 0)
+            state = f"did not finish ({meta_path}: complete = false, {done} of {b.get('total', '?')} blocks)"
+        raise ExtractionError(f"the prediction of {predict_dir} {state}; {finish} (partners of a partial "
+                              f"prediction would later pass for complete ones)")
+    run_id = meta.get("run_id")
+    if started is not None and started.get("run_id") and started.get("run_id") != run_id:
+        raise ExtractionError(f"{started_path}: prediction run {started['run_id']} started after the finished run "
+                              f"{run_id or '(without id)'} of {meta_path} and has not finished (a `synful predict "
+                              f"--overwrite` running or killed?); {finish}")
+    if run_id:
+        return {"source": "synful predict", "run_id": run_id, "signature": meta.get("signature")}
+    # metadata of an older synful, without run ids: its times identify the run
+    return {"source": "synful predict", "start": meta.get("start"), "end": meta.get("end")}
+
+
+def _signature_parts(run: "_Run") -> dict:
+    from .config import to_dict
+
+    cfg, p, d = run.cfg, run.prediction, run.predict_dir
+    total, read_roi, write_roi = run.block_geometry()
+    store = dict(run.store.identity())
+    if store.get("backend") == "sqlite":
+        store["path"] = _portable(store["path"], d)
+    seg = None
+    if run.segmentation is not None:
+        seg = {"container": _portable(cfg.seg_container, d), "dataset": cfg.seg_dataset,
+               **_array_description(run.segmentation)}
+    return {
+        "prediction": _prediction_identity(d, p.out_container),
+        "inputs": {"container": _portable(p.out_container, d),
+                   "indicator": {"dataset": p.indicator_dataset, "scale": run.indicator_scale,
+                                 **_array_description(run.indicator)},
+                   "vectors": {"dataset": p.vectors_dataset, "scale": run.vectors_scale,
+                               **_array_description(run.vectors)}},
+        "extraction": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_SETTINGS},
+        "segmentation": seg,
+        "store": store,
+        "layout": {"total_roi": [list(total.offset), list(total.shape)],
+                   "read_roi": [list(read_roi.offset), list(read_roi.shape)],
+                   "write_roi": [list(write_roi.offset), list(write_roi.shape)]},
+    }
+
+
+def _check_and_claim(run: "_Run", overwrite: bool) -> dict:
+    """Refuse what a rerun must not resume (module docstring); then own the collection and write the signature.
+
+    Order matters for a kill at any point: markers go before partners, the record and the signature are
+    written before any block runs.  Returns the run record stored with the collection.
+    """
+    d = run.predict_dir
+    store = run.store
+    where = f"{_redact(store.name)} [{store.collection}]"
+    tracking = d / TRACKING_DIR
+    sig_path = tracking / SIGNATURE_FILE
+    parts = run.signature_parts()
+    sig = _hash(parts)
+    run_file = d / RUN_FILE
+    mine = _read_json(run_file, "extraction run identity") if run_file.is_file() else \
+        {"run_id": uuid.uuid4().hex, "created": _now()}
+    rid = str(mine.get("run_id") or "")
+    if not rid:
+        raise ExtractionError(f"{run_file}: no run_id (delete the file to give this run a new identity)")
+    redo = "pass --overwrite to redo the extraction (it drops the collection's partners and the done markers)"
+
+    record = store.run_record()
+    if record is not None and record.get("run_id") != rid:
+        raise ExtractionError(
+            f"{where} belongs to another extraction run: {record.get('run_id')} ({record.get('predict_dir')} on "
+            f"{record.get('host')}, since {record.get('created')}); this run is {rid} ({d}). Set [Extraction] "
+            f"collection in {d / 'predict_config.ini'} to a name of its own, or drop that collection if its "
+            f"partners are not wanted (--overwrite only ever replaces this run's own partners)")
+    if record is not None and record.get("predict_dir") not in (None, str(d)) \
+            and record.get("host") == socket.gethostname():
+        other = Path(record["predict_dir"]) / RUN_FILE
+        if other.is_file() and _read_json(other, "extraction run identity").get("run_id") == rid:
+            raise ExtractionError(
+                f"{d} and {record['predict_dir']} both carry extraction run {rid} (a copied experiment?) and "
+                f"{where} holds the partners of the latter; set [Extraction] collection in "
+                f"{d / 'predict_config.ini'} to a name of its own")
+    tracked = tracking.is_dir() and any(tracking.iterdir())
+    if not overwrite:
+        if sig_path.is_file():
+            old = _read_json(sig_path, "extraction signature")
+            if old.get("signature") != sig:
+                changes = _changes(old.get("parts") or {}, parts) or ["the signature differs"]
+                raise ExtractionError(f"{sig_path}: the done markers of {d} were made from other inputs: "
+                                      f"{'; '.join(changes)}; {redo}")
+        elif tracked:
+            raise ExtractionError(f"{tracking}: done markers without a signature (made by an older synful), so "
+                                  f"what they were computed from is unknown; {redo}")
+        if record is not None and record.get("signature") != sig:
+            changes = _changes(record.get("inputs") or {}, parts) or ["the signature differs"]
+            raise ExtractionError(f"{where} holds partners of this run extracted from other inputs: "
+                                  f"{'; '.join(changes)}; {redo}")
+        if record is None:
+            n = store.count()
+            if n:
+                raise ExtractionError(f"{where} holds {n} partners but no record of the run that wrote them (an "
+                                      f"older synful or another tool); pass --overwrite to replace them")
+            if tracked:
+                raise ExtractionError(f"{tracking}: done markers exist but {where} has no record of this run (the "
+                                      f"collection was dropped or emptied since?), so resuming would skip blocks "
+                                      f"whose partners are gone; {redo}")
+    else:
+        shutil.rmtree(tracking, ignore_errors=True)  # markers first: a kill in between leaves nothing marked done
+        if tracking.exists():
+            raise ExtractionError(f"{tracking}: cannot delete the done markers")
+        store.drop()
+    if not run_file.is_file():
+        _write_json(run_file, mine)
+    store.create()
+    new = {"run_id": rid, "run": _run_name(d), "predict_dir": str(d), "host": socket.gethostname(),
+           "created": (record or {}).get("created") or mine.get("created") or _now(), "updated": _now(),
+           "signature": sig, "inputs": parts}
+    before = store.claim_run(new)
+    if before is not None and before.get("run_id") != rid:  # another run claimed it meanwhile
+        raise ExtractionError(f"{where} was just claimed by another extraction run {before.get('run_id')} "
+                              f"({before.get('predict_dir')}); this run is {rid} ({d}); set [Extraction] collection")
+    tracking.mkdir(parents=True, exist_ok=True)
+    _write_json(sig_path, {"signature": sig, "run_id": rid, "parts": parts})
+    return new
+
+
+def _redact(url: str) -> str:
+    from .store import redact_url
+
+    return redact_url(url)
+
+
 _RUNS: dict[str, _Run] = {}
 
 
@@ -446,9 +737,13 @@ def _run_for(predict_dir) -> _Run:
 def process_block(predict_dir, block) -> dict:
     """Extract one daisy block of the run in ``predict_dir`` and replace its partners in the store.
 
-    Raises on any error, so daisy never marks a failed block done.  Returns the block's stats.
+    Raises on any error, so daisy never marks a failed block done.  Fails at once, before reading
+    anything, when the store is known to be gone (:meth:`synful.store.Store.check_reachable`) or the
+    run's inputs changed since the extraction started.  Returns the block's stats.
     """
     run = _run_for(predict_dir)
+    run.store.check_reachable()
+    run.check_signature()
     read_roi = block.read_roi
     ind = run.indicator.to_ndarray(read_roi, fill_value=0)
     prob = ind.astype(np.float32) * np.float32(run.indicator_scale)
@@ -524,28 +819,19 @@ def _num_workers(predict_dir: Path) -> int:
     return n if n > 0 else max(1, (os.cpu_count() or 2) // 2)
 
 
-def _check_layout(predict_dir: Path, layout: dict, overwrite: bool):
-    """Refuse to resume with a different block layout (block ids and done markers would not match)."""
-    path = predict_dir / TRACKING_DIR / "layout.json"
-    if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
-        if old != layout:
-            raise ExtractionError(f"{path}: block layout changed since the last extraction ({old} -> {layout}); "
-                                  f"rerun with --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(layout))
-    os.replace(tmp, path)
-
-
 def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = None,
             multiprocessing: bool = True, progress: bool = False, executor: str | None = None) -> dict:
     """Extract the partners of the prediction run in ``predict_dir`` blockwise into its result collection.
 
     Reads predict_config.ini ([Prediction] outputs, [Extraction] method and
     store).  Blocks already done (daisy done markers in
-    ``<predict_dir>/extract_tracking``) are skipped; ``overwrite`` drops the
-    collection and the markers first.  ``num_workers`` local worker processes
+    ``<predict_dir>/extract_tracking``) are skipped, but only when the
+    extraction's signature is unchanged (module docstring); otherwise, and for
+    an unfinished prediction, a collection owned by another run, markers whose
+    collection lost its record or a collection of unknown partners, it raises
+    :class:`ExtractionError` before anything is written, naming what differs.
+    ``overwrite`` drops this run's partners and the markers first (never
+    another run's collection).  ``num_workers`` local worker processes
     (default: worker_config.ini ``num_block_workers``); ``multiprocessing=False``
     runs in-process.  An unreachable store fails before any block runs.
     With ``executor = slurm`` (worker_config.ini, or the ``executor``
@@ -554,7 +840,9 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
 
     Returns the summary dict also written to ``extraction_summary.json``
     (with a score histogram ``extraction_scores.png``).  Raises
-    :class:`ExtractionError` when blocks failed (they stay not done; rerun).
+    :class:`ExtractionError` when blocks failed (they stay not done; rerun); a
+    store that stops answering fails the run within about
+    :data:`synful.store.OUTAGE_BUDGET_S` + 2 x its timeouts.
     """
     import daisy
 
@@ -571,19 +859,13 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     if cfg.method == "nms" and any(c < 2 * r for c, r in zip(cfg.context, cfg.nms_radius)):
         raise ExtractionError(f"{predict_dir / 'predict_config.ini'} [Extraction] context: must be at least "
                               f"2 x nms_radius per axis for method = nms, got {cfg.context}")
-    # fail fast on the store, before anything is scheduled or marked
+    # fail fast on the store (opening it reaches the server), before anything is scheduled or marked
     store = run.store
-    if overwrite:
-        store.drop()
-    store.create()
+    _check_and_claim(run, overwrite)
+    run._signature_checked = True  # serial blocks run in this process: checked just now
 
     total, read_roi, write_roi = run.block_geometry()
-    layout = {"total_roi": [list(total.offset), list(total.shape)], "read_roi": [list(read_roi.offset),
-              list(read_roi.shape)], "write_roi": [list(write_roi.offset), list(write_roi.shape)]}
     tracking = predict_dir / TRACKING_DIR
-    if overwrite and tracking.exists():
-        shutil.rmtree(tracking)
-    _check_layout(predict_dir, layout, overwrite)
     daisy.logging.set_log_basedir(predict_dir / "log" / "extract")
 
     workers = int(num_workers or _num_workers(predict_dir))
@@ -604,14 +886,20 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
         states = daisy.run_blockwise([task], multiprocessing=multiprocessing, progress=progress,
                                      return_states=True, summary=False)
     except (SynfulError, KeyboardInterrupt):
+        _release(run)
         raise
     except Exception as e:  # serial runs raise the first block error; worker runs report it in the states
+        _release(run)
         raise ExtractionError(f"{predict_dir}: extraction stopped at a failed block ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); finished blocks stay done, "
                               f"rerun to continue") from e
     state = states[TASK_ID]
-    summary = summarize(predict_dir, run=run)
+    complete = state.completed_count == state.total_block_count
+    # after failed blocks the store may be what failed: no statistics then, which would wait on it again
+    summary = summarize(predict_dir, run=run) if complete else {
+        "store": redact_url(store.name), "collection": store.collection, "partners": None}
     summary.update({
+        "complete": complete,
         "blocks_total": int(state.total_block_count),
         "blocks_skipped": int(state.skipped_count),
         "blocks_failed": int(state.failed_count + state.orphaned_count),
@@ -620,7 +908,8 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     })
     summary["config"]["store_url"] = redact_url(summary["config"]["store_url"])
     _write_json(predict_dir / SUMMARY_FILE, summary)
-    if state.completed_count != state.total_block_count:
+    _release(run)
+    if not complete:
         err = (state.last_worker_error or "").strip().splitlines()
         raise ExtractionError(f"{predict_dir}: extraction finished {state.completed_count} of "
                               f"{state.total_block_count} blocks ({summary['blocks_failed']} failed"
@@ -631,10 +920,23 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     return summary
 
 
+def _release(run: _Run) -> None:
+    """Close the run's store and forget it: an open SQLite writer would keep its -wal file (and lock) around."""
+    _RUNS.pop(str(run.predict_dir), None)
+    if run._store is not None:
+        run._store.close()
+        run._store = None
+
+
 def _write_json(path: Path, data):
+    """Write ``data`` to ``path`` atomically (a reader sees the old or the new file, never half of one)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ExtractionError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def summarize(predict_dir, *, run: _Run | None = None, bins: int = 50) -> dict:

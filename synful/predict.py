@@ -62,6 +62,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -910,7 +911,11 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
         _prepare_outputs(plan, overwrite=overwrite)
     except VolumeError as e:
         raise PredictionError(f"{e}\n(outputs of an earlier run with other settings: rerun with --overwrite)") from None
-    _write_json(sig_file, {"signature": plan.signature(), "task_id": plan.task_id})
+    # a run id: kept while a run resumes, new whenever the outputs start over (--overwrite, first run);
+    # extraction keys its done markers on it and refuses metadata of another id (an unfinished newer run)
+    run_id = (json.loads(sig_file.read_text()).get("run_id") if sig_file.is_file() else None) or uuid.uuid4().hex
+    signature = plan.signature()
+    _write_json(sig_file, {"signature": signature, "task_id": plan.task_id, "run_id": run_id})
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     write_config(plan.out_dir / f"{plan.name}_predict_config.ini", p)
 
@@ -968,6 +973,8 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     voxels = roi_voxels * processed / max(total, 1)
     meta = {
         "run": plan.name,
+        "run_id": run_id,
+        "signature": signature,
         "predict_dir": str(plan.predict_dir),
         "config": to_dict(p),
         "train_setup": p.train_setup,

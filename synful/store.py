@@ -22,6 +22,23 @@ block's stale ones, so a reader never sees the block empty and a writer killed
 in between leaves at worst stale extras that the rerun of the (not done) block
 removes.
 
+Run record: a collection belongs to one extraction run.  :meth:`Store.claim_run`
+stores the run's record (its ``run_id`` and what it was computed from) with the
+collection -- in MongoDB as the document ``_id = "synful_run"`` of the
+collection itself (so dropping the collection by hand drops the record too), in
+SQLite in the companion table ``<collection>__run`` -- and refuses to replace
+another run's record.  Partner queries and counts never see it.
+
+Reading never writes: an SQLite store is opened for writing only on the first
+create / write / drop / claim; reads before that use a read-only connection
+(see :class:`SQLiteStore`), so archived runs on read-only storage can be read.
+
+Errors surface with their cause: a full disk is reported as SQLite's
+``database or disk is full`` with the file's path.  A MongoDB server that stops
+answering fails every operation of this process at once after
+:data:`OUTAGE_BUDGET_S` seconds, so a blockwise run fails within about half a
+minute instead of waiting out a timeout per block.
+
 Credentials: with ``credentials_file`` or ``credentials_env`` the whole MongoDB
 URL (with user and password) is read from that file or environment variable.
 URLs are only ever shown with their user info removed (:func:`redact_url`).
@@ -29,6 +46,7 @@ URLs are only ever shown with their user info removed (:func:`redact_url`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -56,6 +74,12 @@ __all__ = [
 
 #: seconds to wait for a MongoDB server before failing
 CONNECT_TIMEOUT_S = 5.0
+#: seconds a MongoDB reply may take on an open connection (a hung server must not block a worker forever)
+SOCKET_TIMEOUT_S = 15.0
+#: seconds a MongoDB server may stay unreachable; after that every operation of the process fails at once
+OUTAGE_BUDGET_S = 5.0
+#: ``_id`` of the run record document inside a MongoDB partner collection (partner ids are integers)
+RUN_RECORD_ID = "synful_run"
 _COORDS = ("pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x")
 _COLLECTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
@@ -182,8 +206,33 @@ class Store(ABC):
 
     @abstractmethod
     def drop(self) -> None:
-        """Delete the collection and everything in it."""
+        """Delete the collection and everything in it, its run record included."""
         ...
+
+    @abstractmethod
+    def run_record(self) -> dict | None:
+        """The record of the run that owns the collection (see :meth:`claim_run`); None when unclaimed."""
+        ...
+
+    @abstractmethod
+    def claim_run(self, record: dict) -> dict | None:
+        """Make the run ``record["run_id"]`` the owner of the collection, atomically.
+
+        Stores ``record`` (a JSON-able dict) when the collection has no record
+        or one with the same ``run_id``, and returns the record found before
+        (None: it was unclaimed).  When another run owns the collection nothing
+        is written and that run's record is returned: compare its ``run_id``.
+        """
+        ...
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """Where the partners go, without credentials: ``backend``, ``path`` (SQLite, absolute) or
+        ``hosts`` and ``database`` (MongoDB), and ``collection``."""
+        ...
+
+    def check_reachable(self) -> None:
+        """Raise :class:`StoreError` at once when the store is known to be gone (no waiting)."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -214,95 +263,233 @@ class Store(ABC):
 # --------------------------------------------------------------------------------------
 
 class SQLiteStore(Store):
-    """Partners in a table of an SQLite file (WAL mode: many readers, writers take turns)."""
+    """Partners in a table of an SQLite file (WAL mode: many readers, writers take turns).
+
+    The writable connection is opened on the first :meth:`create`,
+    :meth:`write_block`, :meth:`drop` or :meth:`claim_run`; reads before that
+    open a read-only connection per call and never create, lock or modify a
+    file, so a read-only (archived) run can be queried and exported:
+
+    - no file: an empty collection (nothing is created);
+    - a ``-wal`` file beside it: a writer is attached (or died with committed
+      transactions in the log), so the file is read through the log
+      (``mode=ro``; SQLite may create the ``-shm`` index if it is missing);
+    - no ``-wal`` file: no writer is attached (a writer's connection keeps its
+      log until it closes), so the file is opened ``immutable`` (no lock, no
+      ``-wal`` / ``-shm``).  Should a writer start meanwhile (the file or log
+      changes during the read), the read is repeated through the log.
+
+    Errors name the file and keep SQLite's own message (e.g. ``database or
+    disk is full``); a failed write leaves the block as it was.
+    """
 
     def __init__(self, path, collection: str, *, timeout: float = 600.0):
         self.path = Path(path)
         self.collection = _check_collection(collection)
         self.name = f"sqlite:///{self.path}"
         self._table = '"' + self.collection.replace('"', '""') + '"'
+        self._run_table = '"' + (self.collection + "__run").replace('"', '""') + '"'
         self._timeout = timeout
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._set_wal(timeout)
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"{self.name}: cannot open the SQLite store: {e}") from None
+        self._conn: sqlite3.Connection | None = None  # the writable connection, opened on the first write
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"{self.name}: not a file")
 
-    def _set_wal(self, timeout: float):
+    # ---- connections
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=self._timeout, isolation_level=None)
+            except (OSError, sqlite3.Error) as e:
+                raise StoreError(f"{self.name}: cannot open the SQLite store for writing: {e}") from None
+            try:
+                self._set_wal(conn, self._timeout)
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as e:
+                conn.close()
+                raise StoreError(f"{self.name}: cannot open the SQLite store for writing: {e}") from None
+            self._conn = conn
+        return self._conn
+
+    @staticmethod
+    def _set_wal(conn, timeout: float):
         # two processes switching a new file to WAL at once: SQLite answers "database is locked" at
         # once instead of waiting for the busy timeout, so wait here
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
-    def _exec(self, sql, params=()):
+    def _file_state(self):
+        """(size, mtime) of the file and whether its ``-wal`` exists; None when there is no file."""
         try:
-            return self._conn.execute(sql, params)
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns, self.path.with_name(self.path.name + "-wal").exists()
+
+    def _read(self, fn, default):
+        """``fn(connection)`` on the writable connection if open, else on a read-only one (see the class)."""
+        if self._conn is not None:
+            return self._call(fn, self._conn)
+        for through_log in (False, True):
+            before = self._file_state()
+            if before is None:
+                return default
+            immutable = not (through_log or before[2])
+            # as_uri percent-encodes the path; immutable: read as-is, without locks or side files
+            uri = self.path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=self._timeout, isolation_level=None)
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.name}: cannot open the SQLite store read-only: {e}") from None
+            try:
+                result = self._call(fn, conn)
+            finally:
+                conn.close()
+            if not immutable or self._file_state() == before:
+                return result
+        return result
+
+    def _call(self, fn, conn):
+        try:
+            return fn(conn)
+        except sqlite3.Error as e:
+            hint = ""
+            if self._conn is None and "unable to open" in str(e):
+                hint = (f" (reading a store whose write-ahead log {self.path.name}-wal was left behind needs "
+                        f"write access to {self.path.parent} once, to fold the log into the file)")
+            raise StoreError(f"{self.name} [{self.collection}]: {e}{hint}") from None
+
+    def _exec(self, sql, params=()):
+        conn = self._writer()
+        try:
+            return conn.execute(sql, params)
         except sqlite3.Error as e:
             raise StoreError(f"{self.name} [{self.collection}]: {e}") from None
 
-    def _exists(self) -> bool:
-        return self._exec("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                          (self.collection,)).fetchone() is not None
+    def _transaction(self, what: str, fn):
+        """``fn(connection)`` in one write transaction; on error, roll back and raise SQLite's own error.
+
+        SQLite may already have rolled the transaction back itself (a full disk does): then a ROLLBACK
+        would fail with "no transaction is active" and hide the cause, so it is only sent when one is open.
+        """
+        conn = self._writer()
+        try:
+            # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):  # the first error is the one to report
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.name} [{self.collection}]: {what} failed: {e}") from None
+
+    @staticmethod
+    def _has_table(conn, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+    # ---- the collection
 
     def create(self) -> None:
         cols = ", ".join(f"{f} INTEGER" for f in PARTNER_FIELDS if f not in ("id", "score"))
-        self._exec(f"CREATE TABLE IF NOT EXISTS {self._table} (id INTEGER PRIMARY KEY, {cols}, score REAL, "
-                   f"block_id INTEGER NOT NULL)")
         stem = self.collection.replace('"', "")
-        self._exec(f'CREATE INDEX IF NOT EXISTS "{stem}__block" ON {self._table} (block_id)')
-        self._exec(f'CREATE INDEX IF NOT EXISTS "{stem}__post" ON {self._table} (post_z, post_y, post_x)')
+
+        def make(conn):
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._table} (id INTEGER PRIMARY KEY, {cols}, score REAL, "
+                         f"block_id INTEGER NOT NULL)")
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{stem}__block" ON {self._table} (block_id)')
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{stem}__post" ON {self._table} (post_z, post_y, post_x)')
+
+        self._transaction("creating the collection", make)
 
     def write_block(self, block_id: int, partners: np.ndarray) -> None:
         partners = _as_partners(partners)
         fields = list(PARTNER_FIELDS) + ["block_id"]
         rows = _rows(partners, int(block_id))
         sql = f"INSERT OR REPLACE INTO {self._table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
-        try:
-            # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(f"DELETE FROM {self._table} WHERE block_id = ?", (int(block_id),))
-                self._conn.executemany(sql, rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.name} [{self.collection}]: writing block {block_id} failed: {e}") from None
+
+        def write(conn):
+            conn.execute(f"DELETE FROM {self._table} WHERE block_id = ?", (int(block_id),))
+            conn.executemany(sql, rows)
+
+        self._transaction(f"writing block {block_id}", write)
 
     def query(self, roi=None) -> np.ndarray:
-        if not self._exists():
-            return empty_partners(0)
         where, params = "", ()
         if roi is not None:
             begin, end = _roi_bounds(roi)
             where = " WHERE " + " AND ".join(f"post_{a} >= ? AND post_{a} < ?" for a in "zyx")
             params = tuple(v for pair in zip(begin, end) for v in pair)
-        cur = self._exec(f"SELECT {', '.join(PARTNER_FIELDS)} FROM {self._table}{where} ORDER BY id", params)
-        return _from_rows(cur.fetchall())
+
+        def read(conn):
+            if not self._has_table(conn, self.collection):
+                return empty_partners(0)
+            cur = conn.execute(f"SELECT {', '.join(PARTNER_FIELDS)} FROM {self._table}{where} ORDER BY id", params)
+            return _from_rows(cur.fetchall())
+
+        return self._read(read, empty_partners(0))
 
     def count(self) -> int:
-        if not self._exists():
-            return 0
-        return int(self._exec(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
+        def read(conn):
+            if not self._has_table(conn, self.collection):
+                return 0
+            return int(conn.execute(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
+
+        return self._read(read, 0)
 
     def block_ids(self) -> np.ndarray:
-        if not self._exists():
-            return np.zeros(0, dtype=np.int64)
-        rows = self._exec(f"SELECT DISTINCT block_id FROM {self._table} ORDER BY block_id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        def read(conn):
+            if not self._has_table(conn, self.collection):
+                return np.zeros(0, dtype=np.int64)
+            rows = conn.execute(f"SELECT DISTINCT block_id FROM {self._table} ORDER BY block_id").fetchall()
+            return np.array([r[0] for r in rows], dtype=np.int64)
+
+        return self._read(read, np.zeros(0, dtype=np.int64))
 
     def drop(self) -> None:
-        self._exec(f"DROP TABLE IF EXISTS {self._table}")
+        def drop(conn):
+            conn.execute(f"DROP TABLE IF EXISTS {self._table}")
+            conn.execute(f"DROP TABLE IF EXISTS {self._run_table}")
+
+        self._transaction("dropping the collection", drop)
+
+    def run_record(self) -> dict | None:
+        def read(conn):
+            if not self._has_table(conn, self.collection + "__run"):
+                return None
+            row = conn.execute(f"SELECT record FROM {self._run_table} WHERE key = 0").fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return self._read(read, None)
+
+    def claim_run(self, record: dict) -> dict | None:
+        text = json.dumps(record, sort_keys=True)
+
+        def claim(conn):
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._run_table} "
+                         f"(key INTEGER PRIMARY KEY, record TEXT NOT NULL)")
+            row = conn.execute(f"SELECT record FROM {self._run_table} WHERE key = 0").fetchone()
+            old = None if row is None else json.loads(row[0])
+            if old is None or old.get("run_id") == record["run_id"]:
+                conn.execute(f"INSERT OR REPLACE INTO {self._run_table} (key, record) VALUES (0, ?)", (text,))
+            return old
+
+        return self._transaction("recording the run", claim)
+
+    def identity(self) -> dict:
+        return {"backend": "sqlite", "path": str(self.path.resolve()), "collection": self.collection}
 
     def close(self) -> None:
         conn, self._conn = getattr(self, "_conn", None), None
@@ -339,7 +526,15 @@ def _from_rows(rows) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 class MongoStore(Store):
-    """Partners in a MongoDB collection; the partner id is the document ``_id`` (and also field ``id``)."""
+    """Partners in a MongoDB collection; the partner id is the document ``_id`` (and also field ``id``).
+
+    The run record is the document ``_id = "synful_run"`` of the same collection.  Replies may take
+    :data:`SOCKET_TIMEOUT_S`; once the server has been unreachable for :data:`OUTAGE_BUDGET_S`
+    seconds (counted from the start of the first operation that found it gone), every further
+    operation of this object fails at once with :class:`StoreError`, so the blocks of a run fail
+    fast instead of each waiting out its own timeout; a successful operation within the budget
+    resets it.
+    """
 
     def __init__(self, url: str, database: str, collection: str, *, timeout: float = CONNECT_TIMEOUT_S):
         import pymongo
@@ -350,7 +545,8 @@ class MongoStore(Store):
         self.name = redact_url(url)
         try:
             self._client = pymongo.MongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000),
-                                               connectTimeoutMS=int(timeout * 1000))
+                                               connectTimeoutMS=int(timeout * 1000),
+                                               socketTimeoutMS=int(max(SOCKET_TIMEOUT_S, timeout) * 1000))
             # fail fast: the client connects lazily, so ask the server now
             self._client.admin.command("ping")
         except PyMongoError as e:
@@ -362,6 +558,8 @@ class MongoStore(Store):
             raise StoreError(f"invalid MongoDB URL {self.name}: {self._clean(e)}") from None
         self._url = url
         self._col = self._client[database][self.collection]
+        self._down_since: float | None = None  # monotonic start of the first operation that found the server gone
+        self._down_cause = ""
 
     def _clean(self, e) -> str:
         """An exception message without credentials and trimmed to its first line."""
@@ -369,14 +567,31 @@ class MongoStore(Store):
         text = text.split(", Timeout:")[0]
         return redact_url(text)[:300]
 
-    def _guard(self, what: str, fn, *args, **kwargs):
-        from pymongo.errors import PyMongoError
+    def check_reachable(self) -> None:
+        if self._down_since is not None:
+            gone = time.monotonic() - self._down_since
+            if gone > OUTAGE_BUDGET_S:
+                raise StoreError(f"{self.name} [{self.database}.{self.collection}]: MongoDB has been unreachable "
+                                 f"for {gone:.0f} s ({self._down_cause}); giving up (rerun once it is back: "
+                                 f"blocks that failed are not marked done)")
 
+    def _guard(self, what: str, fn, *args, **kwargs):
+        from pymongo.errors import ConnectionFailure, PyMongoError
+
+        self.check_reachable()
+        t0 = time.monotonic()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        except ConnectionFailure as e:  # also AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
+            if self._down_since is None:
+                self._down_since, self._down_cause = t0, f"{type(e).__name__}: {self._clean(e)}"
+            raise StoreError(f"{self.name} [{self.database}.{self.collection}]: {what} failed "
+                             f"({type(e).__name__}: {self._clean(e)})") from None
         except PyMongoError as e:
             raise StoreError(f"{self.name} [{self.database}.{self.collection}]: {what} failed "
                              f"({type(e).__name__}: {self._clean(e)})") from None
+        self._down_since = None
+        return result
 
     def create(self) -> None:
         import pymongo
@@ -426,7 +641,7 @@ class MongoStore(Store):
         self._guard(f"writing block {block_id}", write)
 
     def query(self, roi=None) -> np.ndarray:
-        filt = {}
+        filt = {"_id": {"$ne": RUN_RECORD_ID}}
         if roi is not None:
             begin, end = _roi_bounds(roi)
             for a, b, e in zip("zyx", begin, end):
@@ -439,7 +654,7 @@ class MongoStore(Store):
         return out[np.argsort(out["id"], kind="stable")]
 
     def count(self) -> int:
-        return int(self._guard("count", self._col.count_documents, {}))
+        return int(self._guard("count", self._col.count_documents, {"_id": {"$ne": RUN_RECORD_ID}}))
 
     def block_ids(self) -> np.ndarray:
         ids = self._guard("listing blocks", self._col.distinct, "block_id")
@@ -448,10 +663,47 @@ class MongoStore(Store):
     def drop(self) -> None:
         self._guard("drop", self._col.drop)
 
+    def run_record(self) -> dict | None:
+        doc = self._guard("reading the run record", self._col.find_one, {"_id": RUN_RECORD_ID})
+        if doc is None:
+            return None
+        doc.pop("_id", None)
+        return doc
+
+    def claim_run(self, record: dict) -> dict | None:
+        from pymongo.errors import DuplicateKeyError
+
+        doc = {**json.loads(json.dumps(record)), "_id": RUN_RECORD_ID}
+
+        def claim():
+            old = self._col.find_one_and_replace({"_id": RUN_RECORD_ID, "run_id": record["run_id"]}, doc)
+            if old is None:
+                try:
+                    self._col.insert_one(doc)
+                except DuplicateKeyError:  # another run's record (or one inserted meanwhile): leave it
+                    old = self._col.find_one({"_id": RUN_RECORD_ID})
+            if old is not None:
+                old.pop("_id", None)
+            return old
+
+        return self._guard("recording the run", claim)
+
+    def identity(self) -> dict:
+        # hosts without user info and options: the same server under other credentials is the same store.
+        # What follows the last '@' cannot hold the password, however oddly it is escaped.
+        scheme, _, rest = self._url.partition("://")
+        hosts = re.split(r"[/?]", rest.rsplit("@", 1)[-1], maxsplit=1)[0]
+        return {"backend": "mongodb", "hosts": f"{scheme}://{hosts}", "database": self.database,
+                "collection": self.collection}
+
     def close(self) -> None:
+        import pymongo
+
         client, self._client = getattr(self, "_client", None), None
         if client is not None:
-            client.close()
+            # closing ends the server sessions, best effort: bounded, or a gone server costs a selection timeout
+            with pymongo.timeout(1.0):
+                client.close()
 
     def __getstate__(self):
         raise TypeError("a MongoStore holds a live connection; open the store inside each worker instead")

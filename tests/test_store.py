@@ -188,3 +188,36 @@ def test_url_handling(tmp_path):
         open_store("postgres://h", collection="c")
     with pytest.raises(StoreError, match="collection name"):
         open_store("sqlite:///x.sqlite", collection="bad name;", base_dir=tmp_path)
+
+
+def test_run_record_belongs_to_one_run_and_is_not_a_partner(store):
+    assert store.run_record() is None
+    a = {"run_id": "run-a", "predict_dir": "/x/a", "signature": "s1"}
+    assert store.claim_run(a) is None
+    store.write_block(0, partners([1, 2]))
+    assert store.claim_run({**a, "signature": "s2"})["signature"] == "s1"  # the same run updates it
+    assert store.claim_run({"run_id": "run-b", "predict_dir": "/y/a"})["run_id"] == "run-a"  # another run does not
+    assert store.run_record() == {**a, "signature": "s2"}
+    assert store.count() == 2 and store.query()["id"].tolist() == [1, 2] and store.block_ids().tolist() == [0]
+    store.drop()
+    assert store.run_record() is None and store.count() == 0
+
+
+def test_sqlite_reading_writes_nothing(tmp_path):
+    path = tmp_path / "p.sqlite"
+    with open_store(f"sqlite:///{path}", collection="partners_a") as s:
+        assert s.count() == 0 and len(s.query()) == 0
+    assert not path.exists()  # reading a store that does not exist creates nothing
+    writer = open_store(f"sqlite:///{path}", collection="partners_a")
+    writer.create()
+    writer.write_block(0, partners([1, 2, 3]))
+    # a writer attached: read through its log (sees what it committed)
+    with open_store(f"sqlite:///{path}", collection="partners_a") as s:
+        assert s.query()["id"].tolist() == [1, 2, 3]
+    writer.close()
+    assert not (tmp_path / "p.sqlite-wal").exists()
+    before = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir())
+    # no writer: read as immutable, no lock, no -wal / -shm (old code created both, and needed write access)
+    with open_store(f"sqlite:///{path}", collection="partners_a") as s:
+        assert s.count() == 3 and s.block_ids().tolist() == [0] and len(s.query()) == 3
+    assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()) == before
