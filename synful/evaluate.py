@@ -816,8 +816,9 @@ def _run_segmentation(predict_dir: Path, extraction) -> tuple[str, str] | None:
         try:
             used = json.loads(summary.read_text()).get("config", {})
             container, dataset = used.get("seg_container", container), used.get("seg_dataset", dataset)
-        except (OSError, ValueError, AttributeError):
-            pass
+        except (OSError, ValueError, AttributeError) as e:  # an unreadable summary: fall back to the config's
+            logger.warning("%s: cannot read the segmentation the extraction used (%s); taking [Extraction] "
+                           "seg_container / seg_dataset", summary, e)
     return None if container is None else (str(container), str(dataset))
 
 
