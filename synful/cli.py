@@ -146,9 +146,10 @@ def _add_extract(sub):
                                                          "the scheduler stays in this process")
     p.set_defaults(func=_run_extract)
     _add_block_worker(sub, "extract-worker", "extract")
-    e = sub.add_parser("export", help="write a run's partners to FAFB benchmark JSON (.json) or CSV (.csv)")
+    e = sub.add_parser("export", help="write a run's partners to FAFB benchmark JSON (.json), CSV (.csv), "
+                                      "Parquet (.parquet) or Feather v2 (.feather)")
     e.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory")
-    e.add_argument("out", metavar="OUT", help="output file, .json or .csv")
+    e.add_argument("out", metavar="OUT", help="output file, .json, .csv, .parquet or .feather (by suffix)")
     e.set_defaults(func=_run_export)
 
 
