@@ -203,6 +203,10 @@ class Extraction:
     partner_vectors_scale: Optional[float] = key(None, "nm per stored unit of a partner-vector dataset that has no "
                                                        "'scale' attribute; None: such a dataset is an error",
                                                  positive=True)
+    compat: str = key("none", "none: our extraction; synful: reproduce the partners of Synful's original detection "
+                              "code (6-connected components, EDT on the bounding box, pre sites snapped to the voxel "
+                              "grid, NMS plateaus at their centre of mass, score > score_thr; see README 'Differences "
+                              "from Synful')", choices=("none", "synful"))
     score_thr: float = key(0.0, "drop partners scoring below this", minimum=0)
     min_distance: float = key(0.0, "drop partners whose pre-post distance is below this, nm", minimum=0)
     max_distance: Optional[float] = key(None, "drop partners whose pre-post distance is above this, nm; None: no limit",
