@@ -173,6 +173,42 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_map_skeletons(sub):
+    p = sub.add_parser("map-skeletons", help="give a run's partners pre/post skeleton ids from SWC skeletons "
+                                             "and the segmentation (Synful's synapse mapping; idempotent)")
+    p.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory (its result collection)")
+    p.add_argument("--skeletons", required=True, metavar="DIR", help="directory of <skeleton_id>.swc files (nm)")
+    p.add_argument("--seg-container", help="segmentation container (default: [Extraction] seg_container)")
+    p.add_argument("--seg-dataset", help="segmentation dataset (default: [Extraction] seg_dataset)")
+    p.add_argument("--distance-upper-bound", type=float, metavar="NM",
+                   help="no skeleton id when the nearest node in the segment is farther (default: no bound)")
+    p.add_argument("--min-skeleton-nodes", type=int, default=1,
+                   help="skeletons with fewer nodes in a segment are no candidates there (default 1)")
+    p.set_defaults(func=_run_map_skeletons)
+
+
+def _run_map_skeletons(args) -> int:
+    from pathlib import Path
+
+    from .config import read_predict_config
+    from .io.volumes import open_volume
+    from .mapping import MappingError, map_run
+    from .store import open_run_store
+
+    cfg = read_predict_config(Path(args.predict_dir) / "predict_config.ini").extraction
+    container = args.seg_container or cfg.seg_container
+    if not container:
+        raise MappingError(f"{args.predict_dir}: no segmentation: pass --seg-container or set "
+                           "[Extraction] seg_container")
+    seg = open_volume(container, args.seg_dataset or cfg.seg_dataset)
+    with open_run_store(args.predict_dir) as store:
+        s = map_run(store, args.skeletons, seg, distance_upper_bound=args.distance_upper_bound,
+                    min_skeleton_nodes=args.min_skeleton_nodes)
+    print(f"{s['partners']} partners: {s['pre_mapped']} pre and {s['post_mapped']} post sites on a skeleton "
+          f"({s['both_mapped']} both); {s['changed']} updated")
+    return 0
+
+
 def _add_status(sub):
     p = sub.add_parser("status", help="jobs of a setup directory: state, last checkpoint, log tail")
     p.add_argument("setup_dir", help="training or prediction setup directory")
@@ -280,6 +316,7 @@ COMMANDS = [
     _add_train,
     _add_predict,
     _add_extract,
+    _add_map_skeletons,
     _add_evaluate,
     _add_status,
     _add_transmitter,

@@ -189,6 +189,15 @@ class Store(ABC):
         """Replace everything block ``block_id`` wrote with ``partners`` (ids unique)."""
         ...
 
+    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
+        """Set ``pre_skel_id`` / ``post_skel_id`` of the partners with these ``id`` (NO_ID: missing).
+
+        Touches nothing else (locations, scores, ``block_id`` stay); ids not in
+        the collection are skipped.  Idempotent: a rerun with the same values
+        leaves the collection as it was.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot set skeleton ids")
+
     @abstractmethod
     def query(self, roi=None) -> np.ndarray:
         """Partners whose post site lies in ``roi`` (a funlib Roi in nm; None: all), sorted by id."""
@@ -426,6 +435,18 @@ class SQLiteStore(Store):
 
         self._transaction(f"writing block {block_id}", write)
 
+    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
+        rows = [(None if a == NO_ID else a, None if b == NO_ID else b, i)
+                for i, a, b in zip(np.asarray(ids, dtype=np.int64).tolist(),
+                                   np.asarray(pre_skel_ids, dtype=np.int64).tolist(),
+                                   np.asarray(post_skel_ids, dtype=np.int64).tolist())]
+
+        def write(conn):
+            conn.executemany(f"UPDATE {self._table} SET pre_skel_id = ?, post_skel_id = ? WHERE id = ?", rows)
+
+        if rows:
+            self._transaction("setting skeleton ids", write)
+
     def query(self, roi=None) -> np.ndarray:
         where, params = "", ()
         if roi is not None:
@@ -639,6 +660,17 @@ class MongoStore(Store):
                 self._col.delete_many({"_id": {"$in": stale}})
 
         self._guard(f"writing block {block_id}", write)
+
+    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
+        import pymongo
+
+        ops = [pymongo.UpdateOne({"_id": i}, {"$set": {"pre_skel_id": None if a == NO_ID else a,
+                                                       "post_skel_id": None if b == NO_ID else b}})
+               for i, a, b in zip(np.asarray(ids, dtype=np.int64).tolist(),
+                                  np.asarray(pre_skel_ids, dtype=np.int64).tolist(),
+                                  np.asarray(post_skel_ids, dtype=np.int64).tolist())]
+        if ops:
+            self._guard("setting skeleton ids", self._col.bulk_write, ops, ordered=False)
 
     def query(self, roi=None) -> np.ndarray:
         filt = {"_id": {"$ne": RUN_RECORD_ID}}
