@@ -59,6 +59,7 @@ __all__ = [
     "check_worker_section",
     "check_evaluation",
     "MATCHING_MODES",
+    "FILTER_REDUNDANT_DIST_TYPES",
     "write_config",
     "render_template",
     "fill_template",
@@ -228,6 +229,8 @@ class Extraction:
 
 #: [Evaluation] matching modes, the default first
 MATCHING_MODES = ("location", "segment", "skeleton")
+#: [Evaluation] filter_redundant_dist_type values, the default first
+FILTER_REDUNDANT_DIST_TYPES = ("euclidean", "geodesic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,6 +265,21 @@ class Evaluation:
     filter_redundant_id_type: str = key("seg", "id type for filter_redundant: seg or skel", choices=("seg", "skel"))
     filter_redundant_ignore_ids: list[int] = key([], "ids never clustered by filter_redundant")
     filter_seg_ids: list[int] = key([0], "drop predictions whose pre or post segment id is listed (e.g. 0, background)")
+    filter_redundant_dist_type: str = key("euclidean", "distance of filter_redundant: euclidean (between post sites) or "
+                                                       "geodesic (along the evaluated neuron's skeleton between the "
+                                                       "nodes nearest the post sites; needs skeleton_ids and skeletons)",
+                                          choices=FILTER_REDUNDANT_DIST_TYPES)
+    skeletons: Optional[str] = key(None, "skeleton files for geodesic distances: a folder of <skeleton_id>.swc / "
+                                         "<skeleton_id>.json files, or one JSON node list (synful_fafb gt_skeletons)",
+                                   path=True)
+    results_dir: Optional[str] = key(None, "results folder (Synful's key); synful evaluate --out overrides it; None: "
+                                           "<config stem>_evaluation beside the JSON, or <setup>/evaluation", path=True)
+    multiprocess: bool = key(True, "Synful's key (thresholds in parallel processes); accepted, no effect: one pass "
+                                   "evaluates all thresholds")
+    roi_file: Optional[str] = key(None, "Synful's key, stored but never read by its evaluator; accepted, a value is "
+                                        "ignored with a warning")
+    syn_dir: Optional[str] = key(None, "Synful's key, stored but never read by its evaluator; accepted, a value is "
+                                       "ignored with a warning")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -610,6 +628,14 @@ def check_evaluation(settings: Evaluation, source: str) -> Evaluation:
     if settings.skeleton_ids is not None and settings.matching != "skeleton":
         raise ConfigError(f"{source} matching: skeleton_ids (the FAFB per-neuron protocol) needs matching = "
                           f"skeleton, got {settings.matching}")
+    if settings.filter_redundant and settings.filter_redundant_dist_type == "geodesic":
+        if settings.skeleton_ids is None:
+            raise ConfigError(f"{source} filter_redundant_dist_type: geodesic measures along each evaluated neuron's "
+                              f"skeleton and needs skeleton_ids (the FAFB per-neuron protocol)")
+        if settings.skeletons is None:
+            raise ConfigError(f"{source} skeletons: filter_redundant_dist_type = geodesic needs skeleton files "
+                              f"(a folder of <skeleton_id>.swc / .json files, or one JSON node list); no CATMAID "
+                              f"server is used")
     return settings
 
 

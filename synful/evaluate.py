@@ -17,6 +17,10 @@ Filters on predictions, in this order (:func:`filter_partners`):
    (``filter_redundant_id_type``) single-linkage clusters of post sites with
    ``0 < d <= filter_redundant_dist_thr`` (nm; d exactly 0 does not link) keep
    only their highest-scoring member, the first in input order on a tie.
+   ``filter_redundant_dist_type``: d is the euclidean post-site distance
+   (default) or, ``geodesic``, the path length along the evaluated neuron's
+   skeleton (FAFB protocol only; skeletons read from the files ``skeletons``
+   names, see :func:`evaluate`) between the nodes nearest to the post sites.
    Partners with a missing id, or with an id in
    ``filter_redundant_ignore_ids``, are never clustered.
 
@@ -84,6 +88,7 @@ from scipy.spatial import cKDTree
 from .config import ConfigError, Evaluation, check_evaluation, read_predict_config, to_dict
 from .errors import SynfulError
 from .io.partners import NO_ID, PARTNER_DTYPE, check_partners, read_partners
+from .io.skeletons import SkeletonError, geodesic_distances, load_skeleton
 
 __all__ = [
     "EvaluationError",
@@ -229,6 +234,12 @@ def read_evaluation_json(path) -> Evaluation:
     for k in JSON_REQUIRED:
         if values[k] is None:
             raise ConfigError(f"{source} {k}: required, got null")
+    if "matching" not in data and values.get("skeleton_ids") is not None:
+        # Synful's FAFB configs carry no `matching`: their per-neuron protocol matches on skeleton ids
+        values["matching"] = "skeleton"
+    for k in ("roi_file", "syn_dir"):
+        if values.get(k) is not None:
+            logger.warning("%s %s: ignored (Synful's evaluator stores this key but never reads it)", source, k)
     return check_settings(Evaluation(**values), source)
 
 
@@ -364,6 +375,35 @@ def _redundancy_edges(pred: np.ndarray, s: Evaluation) -> np.ndarray:
     return np.sort(e, axis=1)
 
 
+def _geodesic_edges(pred: np.ndarray, s: Evaluation, skeleton) -> np.ndarray:
+    """Like :func:`_redundancy_edges`, with d the path length along ``skeleton`` between the nodes
+    nearest to the two post sites; two sites at the same location (euclidean d = 0) never link."""
+    pre, post = (pred[f] for f in _ID_FIELDS[s.filter_redundant_id_type])
+    ok = (pre != NO_ID) & (post != NO_ID)
+    if s.filter_redundant_ignore_ids:
+        ignore = np.asarray(s.filter_redundant_ignore_ids, dtype=np.int64)
+        ok &= ~np.isin(pre, ignore) & ~np.isin(post, ignore)
+    idx = np.flatnonzero(ok)
+    out = [np.empty((0, 2), np.int64)]
+    if len(idx) < 2:
+        return out[0]
+    thr = float(s.filter_redundant_dist_thr)
+    keys = np.stack([pre[idx], post[idx]], axis=1)
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    for g in np.unique(group):
+        members = idx[group == g]
+        if len(members) < 2:
+            continue
+        sites = _sites(pred[members], "post")
+        d = geodesic_distances(skeleton, sites)
+        a, b = np.triu_indices(len(members), k=1)
+        same = (sites[a] == sites[b]).all(axis=1)
+        link = ~same & (d[a, b] <= thr)
+        out.append(np.stack([members[a[link]], members[b[link]]], axis=1))
+    return np.sort(np.concatenate(out), axis=1)
+
+
 def _match_edges(pred: np.ndarray, gt: np.ndarray, s: Evaluation, id_type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feasible (pred index, gt index, cost nm) triples (see the module doc)."""
     t = float(s.matching_threshold)
@@ -476,18 +516,24 @@ def _check_thresholds(score_thresholds) -> list[float]:
 # public API
 # --------------------------------------------------------------------------------------
 
-def filter_partners(pred: np.ndarray, settings: Evaluation, score_thr: float) -> np.ndarray:
+def filter_partners(pred: np.ndarray, settings: Evaluation, score_thr: float, skeleton=None) -> np.ndarray:
     """The predictions that survive the filters (module doc, in that order), in input order.
 
     ``pred``: PARTNER_DTYPE array; ``score_thr``: keep ``score >= score_thr``.
-    Returns a new PARTNER_DTYPE array.
+    ``skeleton`` (:class:`synful.io.skeletons.Skeleton`): the neuron along which
+    geodesic redundancy distances are measured (needed, and only used, with
+    ``filter_redundant_dist_type = geodesic``).  Returns a new PARTNER_DTYPE array.
     """
     pred = _as_partners(pred, "pred")
+    geodesic = settings.filter_redundant and settings.filter_redundant_dist_type == "geodesic"
+    if geodesic and skeleton is None:
+        raise EvaluationError("filter_redundant_dist_type = geodesic: filter_partners needs the skeleton to "
+                              "measure along")
     keep = _static_mask(pred, settings) & (pred["score"] >= float(score_thr))
     idx = np.flatnonzero(keep)
     sub = pred[idx]
     if settings.filter_redundant and len(sub) > 1:
-        edges = _redundancy_edges(sub, settings)
+        edges = _geodesic_edges(sub, settings, skeleton) if geodesic else _redundancy_edges(sub, settings)
         sub = sub[_redundant_keep(len(sub), np.ones(len(sub), bool), sub["score"], edges)]
     return sub
 
@@ -518,7 +564,7 @@ def _scores(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_ids: Optional[Sequence[int]] = None,
              score_thresholds: Optional[Sequence[float]] = None, *, where: str = "matching",
-             sources: tuple[str, str] = ("predictions", "ground truth")) -> list[dict]:
+             sources: tuple[str, str] = ("predictions", "ground truth"), skeletons=None) -> list[dict]:
     """Filter, match and score ``pred`` against ``gt`` for every score threshold.
 
     ``pred``, ``gt``: PARTNER_DTYPE arrays (nm, (z, y, x)), checked by
@@ -529,6 +575,16 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     (``settings.skeleton_ids``, a path, is not read here; see
     :func:`read_skeleton_ids`).  ``score_thresholds`` (finite numbers)
     defaults to ``settings.score_thresholds``.
+
+    ``filter_redundant_dist_type = geodesic`` (as Synful's FAFB evaluator):
+    for each evaluated neuron, the redundancy distances of the predictions
+    touching it are path lengths along *that neuron's* skeleton (the one in
+    ``skeleton_ids``, whichever side of the partner it is on) between the
+    skeleton nodes nearest to the two post sites; linking is ``d <=
+    filter_redundant_dist_thr`` for post sites at different locations.
+    Skeletons come from ``skeletons`` (a mapping or callable skeleton id ->
+    :class:`synful.io.skeletons.Skeleton`) or else from the files
+    ``settings.skeletons`` names (:func:`synful.io.skeletons.load_skeleton`).
 
     Loading, grouping and the candidate pairs (KD-trees) are computed once and
     shared by all thresholds.  Returns one dict per threshold, in the given
@@ -551,6 +607,14 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
             raise EvaluationError(f"{where}: skeleton_ids (the FAFB per-neuron protocol) needs matching = skeleton, "
                                   f"got {settings.matching}")
         skeleton_ids = np.asarray(skeleton_ids, dtype=np.int64).reshape(-1)
+    geodesic = settings.filter_redundant and settings.filter_redundant_dist_type == "geodesic"
+    if geodesic:
+        if skeleton_ids is None:
+            raise EvaluationError("filter_redundant_dist_type = geodesic measures along each evaluated neuron's "
+                                  "skeleton and needs skeleton_ids (the FAFB per-neuron protocol)")
+        if skeletons is None and settings.skeletons is None:
+            raise EvaluationError("skeletons: filter_redundant_dist_type = geodesic needs skeleton files (a folder "
+                                  "of <skeleton_id>.swc / .json files, or one JSON node list)")
     missing = check_inputs(pred, gt, settings, where=where, sources=sources)
     id_type = _MODE_IDS[settings.matching]
 
@@ -558,7 +622,8 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     static = _static_mask(pred, settings)
     pidx = np.flatnonzero(static)
     cand = pred[pidx]
-    red_edges = _redundancy_edges(cand, settings) if settings.filter_redundant else np.empty((0, 2), np.int64)
+    red_edges = (_redundancy_edges(cand, settings) if settings.filter_redundant and not geodesic
+                 else np.empty((0, 2), np.int64))
     mi, mj, mc = _match_edges(cand, gt, settings, id_type)
     score = cand["score"]
     t = float(settings.matching_threshold)
@@ -583,7 +648,10 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
         gloc = np.full(len(gt), -1, np.int64)
         gloc[gsel] = np.arange(len(gsel))
         # this neuron's edges in local indices
-        if len(red_edges):
+        if geodesic:
+            re = (_geodesic_edges(cand[psel], settings, _skeleton_of(skel, skeletons, settings)) if len(psel) > 1
+                  else np.empty((0, 2), np.int64))
+        elif len(red_edges):
             re = ploc[red_edges]
             re = re[(re >= 0).all(axis=1)]
         else:
@@ -625,6 +693,19 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
         res["settings"] = settings_dict
         results.append(res)
     return results
+
+
+def _skeleton_of(skel_id: int, skeletons, settings: Evaluation):
+    """The skeleton of ``skel_id``: from ``skeletons`` (mapping or callable) or the files of ``settings.skeletons``."""
+    if skeletons is None:
+        try:
+            return load_skeleton(settings.skeletons, skel_id, key="skeletons")
+        except SkeletonError as e:
+            raise EvaluationError(f"filter_redundant_dist_type = geodesic, neuron {skel_id}: {e}") from None
+    try:
+        return skeletons(skel_id) if callable(skeletons) else skeletons[skel_id]
+    except KeyError:
+        raise EvaluationError(f"filter_redundant_dist_type = geodesic: no skeleton for neuron {skel_id}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -759,6 +840,8 @@ def evaluate_config(path, out_dir=None) -> tuple[list[dict], Path]:
     results = evaluate(pred, gt, settings, skel, where=f"{path} matching",
                        sources=(settings.pred_synlinks, settings.gt_synlinks))
     seconds = time.perf_counter() - start
+    if out_dir is None and settings.results_dir is not None:
+        out_dir = settings.results_dir
     out_dir = Path(out_dir) if out_dir is not None else path.parent / f"{path.stem}_evaluation"
     write_results(results, out_dir, inputs=_inputs_info(settings, pred, gt, skel, seconds, config=str(path.resolve()),
                                                         segment_ids=ids),
@@ -911,6 +994,8 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
         title = run_ids(predict_dir).name
     except SynfulError:
         title = predict_dir.name
+    if out_dir is None and settings.results_dir is not None:
+        out_dir = settings.results_dir
     out_dir = Path(out_dir) if out_dir is not None else predict_dir / "evaluation"
     write_results(results, out_dir, title=title,
                   inputs=_inputs_info(settings, pred, gt, skel, seconds, predictions=pred_source,

@@ -457,7 +457,7 @@ def test_read_evaluation_json_types_and_paths(tmp_path):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"filter_redundant_dist_type": "euclidean"}, "filter_redundant_dist_type: unknown key"),
+    ({"filter_redundant_dist_typ": "euclidean"}, "filter_redundant_dist_typ: unknown key"),
     ({"matching_threshold": "400"}, "matching_threshold: expected a number"),
     ({"filter_same_id": 1}, "filter_same_id: expected true or false"),
     ({"filter_seg_ids": [0.5]}, "filter_seg_ids: expected an integer"),
