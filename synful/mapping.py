@@ -39,8 +39,9 @@ import numpy as np
 
 from .errors import SynfulError
 from .io.partners import NO_ID
+from .io.skeletons import SkeletonError, read_swc
 
-__all__ = ["MappingError", "Skeletons", "read_swc", "read_skeletons", "lookup_segments", "map_sites",
+__all__ = ["MappingError", "Skeletons", "read_skeletons", "lookup_segments", "map_sites",
            "map_partners", "map_run"]
 
 logger = logging.getLogger(__name__)
@@ -66,31 +67,6 @@ class Skeletons:
         return f"Skeletons({len(np.unique(self.skeleton_ids))} skeletons, {len(self)} nodes)"
 
 
-def read_swc(path) -> np.ndarray:
-    """Node positions (n, 3) float64 nm (z, y, x) of one SWC file (``id type x y z radius parent``)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise MappingError(f"{path}: cannot read skeleton: {e}") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) < 7:
-            raise MappingError(f"{path}:{n}: expected 'id type x y z radius parent', got {line!r}")
-        try:
-            x, y, z = (float(v) for v in parts[2:5])
-        except ValueError:
-            raise MappingError(f"{path}:{n}: node coordinates are not numbers: {line!r}") from None
-        if not all(np.isfinite((x, y, z))):
-            raise MappingError(f"{path}:{n}: node coordinates are not finite: {line!r}")
-        rows.append((z, y, x))
-    return np.array(rows, dtype=np.float64).reshape(-1, 3)
-
-
 def read_skeletons(directory) -> Skeletons:
     """All ``<skeleton_id>.swc`` files of ``directory`` (the file stem is the integer skeleton id)."""
     directory = Path(directory)
@@ -104,7 +80,10 @@ def read_skeletons(directory) -> Skeletons:
             raise MappingError(f"{f}: file name must be <skeleton_id>.swc with an integer id") from None
         if skel_id == NO_ID:
             raise MappingError(f"{f}: skeleton id {NO_ID} is reserved for 'no skeleton'")
-        pos = read_swc(f)
+        try:
+            pos = read_swc(f).positions
+        except SkeletonError as e:
+            raise MappingError(str(e)) from None
         ids.append(np.full(len(pos), skel_id, dtype=np.int64))
         positions.append(pos)
     if not ids:

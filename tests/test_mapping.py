@@ -9,7 +9,8 @@ import pytest
 
 from synful.io.partners import NO_ID, empty_partners
 from synful.io.volumes import open_volume, write_volume
-from synful.mapping import MappingError, Skeletons, map_partners, map_run, read_skeletons, read_swc
+from synful.io.skeletons import read_swc
+from synful.mapping import MappingError, Skeletons, map_partners, map_run, read_skeletons
 from synful.store import open_store
 
 VS = (40, 4, 4)  # nm (z, y, x); volume (4, 50, 100) voxels = z [0, 160), y [0, 200), x [0, 400) nm
@@ -79,7 +80,7 @@ def _expected():
 
 def test_read_swc_converts_to_zyx(tmp_path):
     d = _write_swc(tmp_path / "skels")
-    np.testing.assert_array_equal(read_swc(d / "12.swc"), [[60, 180, 150], [60, 195, 190]])
+    np.testing.assert_array_equal(read_swc(d / "12.swc").positions, [[60, 180, 150], [60, 195, 190]])
     sk = read_skeletons(d)
     assert len(sk) == 8 and sorted(set(sk.skeleton_ids.tolist())) == [7, 11, 12, 20]
     (d / "bad.swc").write_text("1 0 1 2 3 1 -1\n")
