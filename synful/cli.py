@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import suppress
 
 from . import __version__
 from .errors import SynfulError
@@ -341,11 +342,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices; set 0 to see them
 
     args = build_parser().parse_args(argv)
+    # Called as a library (tests, notebooks), main() leaves logging as it found it: the handler it adds
+    # is bound to the sys.stderr of this call, which its owner may close once main() has returned.
+    root = logging.getLogger()
+    quiet = ("gunpowder", "daisy", "funlib")
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_levels = {name: logging.getLogger(name).level for name in quiet}
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    added = [h for h in root.handlers if h not in saved_handlers]
     if not args.verbose:
         # per-iteration / per-block chatter of the libraries; our progress bars say the same once
-        for name in ("gunpowder", "daisy", "funlib"):
+        for name in quiet:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
@@ -355,6 +363,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        for h in added:
+            root.removeHandler(h)
+            with suppress(ValueError, OSError):  # its stream closed under it: nothing left to flush
+                h.flush()
+            h.close()  # the stream itself stays open: it is not ours
+        root.setLevel(saved_level)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -732,9 +733,43 @@ def launch(worker_cfg: Worker, argv: Sequence[str], *, name: str, log_dir, env: 
     return handle
 
 
-def _submit_slurm(worker: Worker, cmd: list[str], *, name: str, log_dir: Path, env: dict) -> SlurmJob:
+_SUBMITIT_IMPORT = threading.Lock()
+
+
+def _import_submitit():
+    """submitit, imported without the logging set-up it does at import.
+
+    At import submitit calls ``logging.config.dictConfig``, which closes every logging handler of this
+    process (``logging.shutdown``), those of other libraries included.  absl's (TensorFlow imports it)
+    closes the stream it writes to unless that is the current ``sys.stderr``/``sys.stdout``: a stream
+    that was ``sys.stderr`` when TensorFlow was imported and has since been swapped (pytest's capture, a
+    ``contextlib.redirect_stderr``) is closed under its owner.  submitit's documented
+    ``SUBMITIT_LOG_LEVEL=NOCONFIG`` skips that set-up; it is set for the import only (the environment
+    exported to jobs is unchanged), and the ``submitit`` logger gets the level SUBMITIT_LOG_LEVEL names
+    (default INFO), logging through this process's handlers.
+    """
+    with _SUBMITIT_IMPORT:
+        if "submitit" not in sys.modules:
+            saved = os.environ.get("SUBMITIT_LOG_LEVEL")
+            os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+            try:
+                import submitit  # noqa: F401
+            finally:
+                if saved is None:
+                    os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+                else:
+                    os.environ["SUBMITIT_LOG_LEVEL"] = saved
+            level = (saved or "INFO").strip().upper()
+            if level != "NOCONFIG":
+                with suppress(ValueError, TypeError):  # a level logging does not know: left unset
+                    logging.getLogger("submitit").setLevel(int(level) if level.isdigit() else level)
     import submitit
 
+    return submitit
+
+
+def _submit_slurm(worker: Worker, cmd: list[str], *, name: str, log_dir: Path, env: dict) -> SlurmJob:
+    submitit = _import_submitit()
     _, profile = resolve_worker(worker)
     extra = {"mem": f"{parse_mem(worker.mem)}M", **parse_sbatch_extra(worker.sbatch_extra)}
     params = dict(job_name=name, partition=worker.queue, cpus_per_task=worker.num_cpus,

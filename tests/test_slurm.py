@@ -30,6 +30,15 @@ def _result(handle) -> dict:
     return json.loads(lines[-1])
 
 
+def _settled_state(job_id: str, timeout: float = 60.0) -> str:
+    """Slurm's state of a job whose result is written: the job's python exits just after writing it, so
+    Slurm may still say RUNNING for a moment after ``wait()`` returned."""
+    deadline = time.monotonic() + timeout
+    while (state := cluster.job_state(job_id)) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return state
+
+
 def test_job_runs_with_resources_env_and_gpu(slurm_cluster, tmp_path):
     odd = "$(echo injected); `id` 'q'"
     h = cluster.launch(_worker(), [sys.executable, "-c", PRINT_ENV, "0", odd], name="probe", log_dir=tmp_path,
@@ -40,7 +49,7 @@ def test_job_runs_with_resources_env_and_gpu(slurm_cluster, tmp_path):
     assert out["argv"] == [odd] and out["extra"] == "42" and out["job"] == h.job_id
     assert out["partition"] == "gpu" and out["cpus"] == "1"
     assert out["cuda"] in ("0", "1")  # one of the two fake GPUs
-    assert cluster.job_state(h.job_id) in ("COMPLETED", "COMPLETING")
+    assert _settled_state(h.job_id) in ("COMPLETED", "COMPLETING")
     script = (tmp_path / f"{h.job_id}_submission.sh").read_text()
     for flag in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=1", "--mem=1024M", "--time=5",
                  "--job-name=probe"):
@@ -135,6 +144,48 @@ def test_sbatch_refusal_is_one_clear_error(slurm_cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# in-process use leaves the caller's streams and logging alone (fresh interpreters: submitit not yet imported)
+# --------------------------------------------------------------------------------------
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("level,expected", [(None, 20), ("debug", 10)])
+def test_importing_submitit_closes_no_stream_of_another_library(level, expected):
+    # submitit's import-time logging.config.dictConfig closes every handler; absl's (TensorFlow's) then
+    # closes its stream unless that is the current sys.stderr -- pytest's capture stream, under pytest
+    code = ("import io, logging, os, sys\n"
+            "captured = sys.stderr = io.StringIO()  # sys.stderr when absl (TensorFlow) is imported\n"
+            "import absl.logging\n"
+            "sys.stderr = sys.__stderr__  # ... swapped since, as a capture ends\n"
+            "from synful import cluster\n"
+            "cluster._import_submitit()\n"
+            "sub = logging.getLogger('submitit')\n"
+            "print(captured.closed, os.environ.get('SUBMITIT_LOG_LEVEL'), sub.level, len(sub.handlers))\n")
+    env_level = "" if level is None else f"import os; os.environ['SUBMITIT_LOG_LEVEL'] = {level!r}\n"
+    r = _python(env_level + code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", str(level), str(expected), "0"]
+
+
+def test_cli_main_leaves_no_handler_on_a_stream_it_does_not_own(tmp_path):
+    code = ("import io, logging, sys\n"
+            "from synful.cli import main\n"
+            "swapped = sys.stderr = io.StringIO()\n"
+            "rc = main(['status', sys.argv[1]])\n"
+            "sys.stderr = sys.__stderr__\n"
+            "swapped.close()\n"
+            "root = logging.getLogger()\n"
+            "assert rc == 2 and root.handlers == [] and root.level == logging.WARNING, (rc, root.handlers)\n"
+            "assert logging.getLogger('gunpowder').level == logging.NOTSET\n"
+            "logging.getLogger('synful').warning('logged after main')\n")
+    r = _python(code, str(tmp_path / "missing"))
+    assert r.returncode == 0, r.stderr
+    assert "logged after main" in r.stderr and "Logging error" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------
 # acceptance: training, prediction and extraction with Slurm workers
 # --------------------------------------------------------------------------------------
 
@@ -170,6 +221,7 @@ def test_training_submitted_through_slurm_writes_checkpoints_and_resumes(slurm_c
     out = capsys.readouterr().out
     job_id = out.split("submitted training job ")[1].split(";")[0]
     assert (setup / "checkpoints" / "model_2.weights.h5").is_file()
+    _settled_state(job_id)
     st = cluster.status(setup)
     assert st["last_checkpoint"]["iteration"] == 2
     assert st["jobs"][-1]["job_id"] == job_id and st["jobs"][-1]["executor"] == "slurm"
@@ -270,7 +322,7 @@ def test_prediction_and_extraction_with_slurm_workers_equal_local(slurm_cluster,
     for stage in ("predict", "extract"):
         jobs = _slurm_jobs(setup, stage)
         assert len(jobs) >= 2 and all(j["job_id"].isdigit() for j in jobs)
-        assert all(cluster.job_state(j["job_id"]) in ("COMPLETED", "COMPLETING") for j in jobs)
+        assert all(_settled_state(j["job_id"]) in ("COMPLETED", "COMPLETING") for j in jobs)
     indicator, vectors = _outputs(setup)
     np.testing.assert_array_equal(indicator, ref["indicator"])
     np.testing.assert_array_equal(vectors, ref["vectors"])
