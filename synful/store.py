@@ -189,6 +189,7 @@ class Store(ABC):
         """Replace everything block ``block_id`` wrote with ``partners`` (ids unique)."""
         ...
 
+    @abstractmethod
     def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
         """Set ``pre_skel_id`` / ``post_skel_id`` of the partners with these ``id`` (NO_ID: missing).
 
@@ -196,7 +197,7 @@ class Store(ABC):
         the collection are skipped.  Idempotent: a rerun with the same values
         leaves the collection as it was.
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot set skeleton ids")
+        ...
 
     @abstractmethod
     def query(self, roi=None) -> np.ndarray:
