@@ -86,7 +86,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .config import ConfigError, Evaluation, check_evaluation, read_predict_config, to_dict
-from .errors import SynfulError
+from .errors import SynfulError, read_json_file
 from .io.partners import NO_ID, PARTNER_DTYPE, check_partners, read_partners
 from .io.skeletons import SkeletonError, geodesic_distances, load_skeleton
 
@@ -204,14 +204,7 @@ def read_evaluation_json(path) -> Evaluation:
     """
     path = Path(path)
     source = str(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{source}: cannot read config: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{source}: not valid JSON: {e}") from None
+    data = read_json_file(path, "config file", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object of evaluation settings")
     fields = {f.name: f for f in dataclasses.fields(Evaluation)}
@@ -355,14 +348,20 @@ def _static_mask(pred: np.ndarray, s: Evaluation) -> np.ndarray:
     return keep
 
 
-def _redundancy_edges(pred: np.ndarray, s: Evaluation) -> np.ndarray:
-    """(k, 2) index pairs i < j of predictions that link: same group, 0 < d(post) <= dist_thr."""
+def _redundancy_candidates(pred: np.ndarray, s: Evaluation):
+    """``(pre ids, post ids, indices)`` of the predictions redundancy clustering considers: both ids of
+    ``filter_redundant_id_type`` present and none in ``filter_redundant_ignore_ids``."""
     pre, post = (pred[f] for f in _ID_FIELDS[s.filter_redundant_id_type])
     ok = (pre != NO_ID) & (post != NO_ID)
     if s.filter_redundant_ignore_ids:
         ignore = np.asarray(s.filter_redundant_ignore_ids, dtype=np.int64)
         ok &= ~np.isin(pre, ignore) & ~np.isin(post, ignore)
-    idx = np.flatnonzero(ok)
+    return pre, post, np.flatnonzero(ok)
+
+
+def _redundancy_edges(pred: np.ndarray, s: Evaluation) -> np.ndarray:
+    """(k, 2) index pairs i < j of predictions that link: same group, 0 < d(post) <= dist_thr."""
+    pre, post, idx = _redundancy_candidates(pred, s)
     thr = float(s.filter_redundant_dist_thr)
     if len(idx) < 2:
         return np.empty((0, 2), dtype=np.int64)
@@ -378,12 +377,7 @@ def _redundancy_edges(pred: np.ndarray, s: Evaluation) -> np.ndarray:
 def _geodesic_edges(pred: np.ndarray, s: Evaluation, skeleton) -> np.ndarray:
     """Like :func:`_redundancy_edges`, with d the path length along ``skeleton`` between the nodes
     nearest to the two post sites; two sites at the same location (euclidean d = 0) never link."""
-    pre, post = (pred[f] for f in _ID_FIELDS[s.filter_redundant_id_type])
-    ok = (pre != NO_ID) & (post != NO_ID)
-    if s.filter_redundant_ignore_ids:
-        ignore = np.asarray(s.filter_redundant_ignore_ids, dtype=np.int64)
-        ok &= ~np.isin(pre, ignore) & ~np.isin(post, ignore)
-    idx = np.flatnonzero(ok)
+    pre, post, idx = _redundancy_candidates(pred, s)
     out = [np.empty((0, 2), np.int64)]
     if len(idx) < 2:
         return out[0]

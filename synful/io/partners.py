@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SynfulError
+from ..errors import SynfulError, read_json_file
 
 __all__ = [
     "PARTNER_DTYPE",
@@ -223,12 +223,7 @@ def _location(v, where: str) -> tuple[int, int, int]:
 def read_partners_json(path) -> np.ndarray:
     """Read FAFB benchmark JSON (list of links, locations in nm z/y/x); ids must be unique, numbers finite."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SynfulError(f"{path}: partner file not found") from None
-    except json.JSONDecodeError as e:
-        raise SynfulError(f"{path}: not valid JSON: {e}") from None
+    data = read_json_file(path, "partner file")
     if not isinstance(data, list):
         raise SynfulError(f"{path}: expected a JSON list of partner links")
     out = empty_partners(len(data))

@@ -32,7 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from ..errors import SynfulError
+from ..errors import SynfulError, read_json_file
 
 __all__ = ["Skeleton", "SkeletonError", "read_swc", "read_skeleton_json", "load_skeleton", "geodesic_distances"]
 
@@ -92,14 +92,7 @@ def read_swc(path) -> Skeleton:
 
 
 def _read_node_list(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SkeletonError(f"{path}: skeleton file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SkeletonError(f"{path}: cannot read skeleton: {e}") from None
-    except json.JSONDecodeError as e:
-        raise SkeletonError(f"{path}: not valid JSON: {e}") from None
+    data = read_json_file(path, "skeleton file", SkeletonError)
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         data = data["nodes"]
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
