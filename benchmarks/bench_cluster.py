@@ -5,7 +5,7 @@ Times ``synful.cluster.launch(...).wait()`` of ``python -c pass`` with the local
 a Slurm cluster answers (e.g. the one ``tests/slurm/start_local_slurm.sh`` starts), with the slurm
 executor (submitit: sbatch, scheduling, srun, result file), sequentially and as N concurrent jobs
 (one per fake GPU).  Prints the numbers and saves them with machine info to
-``benchmarks/results/cluster_<host>.json``.
+``benchmarks/results/bench_cluster.json``, with the headline figures as its ``summary``.
 
     python benchmarks/bench_cluster.py [--repeat 5] [--concurrent 2] [--profile local] [--local-only] [--quick]
 """
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="local", help="cluster profile for the slurm executor")
     ap.add_argument("--local-only", action="store_true", help="skip the slurm executor even when Slurm answers")
     ap.add_argument("--quick", action="store_true", help="one repetition, local executor only")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cluster_<host>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_cluster.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeat, args.local_only = 1, True
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                    "profile": args.profile},
         "seconds": results,
     }
-    save_report(args.out, "cluster", report, indent=2)
+    save_report(args.out, "cluster", report, indent=2, stage="cluster")
     return 0
 
 

@@ -7,7 +7,7 @@ with a skeleton-id file and an evaluation config, then times ``synful
 evaluate``'s stages: reading the files, the evaluation over a score-threshold
 sweep (FAFB per-neuron protocol, all filters on), and writing results + plot.
 Prints the numbers and saves them with machine info to
-``benchmarks/results/evaluate_<host>.json``.
+``benchmarks/results/bench_evaluate.json``, with the headline figures as its ``summary``.
 
     python benchmarks/bench_evaluate.py [--gt 15000] [--neurons 30] [--thresholds 10] [--repeat 3] [--quick]
 """
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--thresholds", type=int, default=10, help="score thresholds in the sweep")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions (the minimum is reported)")
     ap.add_argument("--quick", action="store_true", help="1000 links, 5 neurons, 3 thresholds, once")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/evaluate_<host>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_evaluate.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.gt, args.neurons, args.thresholds, args.repeat = 1000, 5, 3, 1
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
         print(f"  {k:36s} {v:8.3f} s")
     print(f"  best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g} "
           f"(precision {best['precision']:.4f}, recall {best['recall']:.4f})")
-    save_report(args.out, "evaluate", report)
+    save_report(args.out, "evaluate", report, stage="evaluation")
     return report
 
 

@@ -15,8 +15,9 @@ Measured, per device:
 
 On CPU always (workers with ``CUDA_VISIBLE_DEVICES`` empty); on each GPU kind when NVML finds one,
 with mixed precision off and on, sampling GPU utilisation (NVML) during the runs.  Prints the numbers
-and saves them with machine info to ``benchmarks/results/predict_<host>.json``, with the projected
-device-days for a 50-teravoxel volume (FAFB): ``50e12 / steady voxels/s / 86400``.
+and saves them with machine info to ``benchmarks/results/bench_predict.json``, with the projected
+device-days for a 50-teravoxel volume (FAFB): ``50e12 / steady voxels/s / 86400``, and the headline
+figures as its ``summary``.
 
     python benchmarks/bench_predict.py [--blocks 2 3 3] [--gpu-blocks 4 6 6] [--batch-size 1] [--skip-cpu] [--quick]
 """
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-cpu", action="store_true", help="only the GPU modes")
     ap.add_argument("--quick", action="store_true",
                     help="a small U-Net over 1 x 1 x 2 blocks: checks the set-up, not the speed")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/predict_<host>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_predict.json)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     network = QUICK_NETWORK if args.quick else None
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
         print(f"{name:>22} on {r['device']}: end to end {e['voxels_per_second'] / 1e6:.3f} Mvoxel/s "
               f"({e['wall_seconds']:.1f} s), steady {s['voxels_per_second'] / 1e6:.3f} Mvoxel/s{util}; "
               f"50 Tvoxel: {s['fafb_50tvoxel_device_days']} device-days")
-    save_report(args.out, "predict", results)
+    save_report(args.out, "predict", results, stage="prediction")
     return 0
 
 

@@ -12,7 +12,8 @@ the stages use:
 
 Each mode is timed twice, over one block (start-up: server, worker spawn) and over all blocks;
 ``blocks_per_s`` includes start-up, ``steady_blocks_per_s = (N - 1) / (t_N - t_1)`` does not.
-Prints a table and saves JSON with machine info to ``benchmarks/results/schedule_<host>.json``.
+Prints a table and saves JSON with machine info and the headline figures (``summary``) to
+``benchmarks/results/bench_schedule.json``.
 
     python benchmarks/bench_schedule.py [--blocks 20000] [--quick] [--out PATH]
 """
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=20000, help="empty blocks per run")
     ap.add_argument("--quick", action="store_true", help="a small run (200 blocks): checks the set-up, not the speed")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/schedule_<host>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_schedule.json)")
     args = ap.parse_args(argv)
     n = 200 if args.quick else args.blocks
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     for k, r in modes.items():
         print(f"{k:10s} {r['blocks']:7d} {r['seconds']:8.2f} {r['startup_seconds']:10.2f} {r['blocks_per_s']:9.0f} "
               f"{r['steady_blocks_per_s'] or float('nan'):9.0f}")
-    save_report(args.out, "schedule", report)
+    save_report(args.out, "schedule", report, stage="scheduling")
     return 0
 
 

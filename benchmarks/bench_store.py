@@ -6,7 +6,8 @@ run (SQLite underneath, so its numbers are not those of a real mongod).
 
     .venv/bin/python benchmarks/bench_store.py [--partners 20000] [--block 1000] [--quick]
 
-Prints a table and writes benchmarks/results/bench_store.json.
+Prints a table and writes benchmarks/results/bench_store.json, with the headline figures as its
+``summary`` (the MongoDB rows say when they were measured against nx-27017).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, machine_info, save_json
+from _common import machine_info, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -83,7 +84,7 @@ def main(argv=None):
     ap.add_argument("--partners", type=int, default=20000)
     ap.add_argument("--block", type=int, default=1000, help="partners per write_block call")
     ap.add_argument("--quick", action="store_true", help="2000 partners in blocks of 500")
-    ap.add_argument("--out", default=str(RESULTS / "bench_store.json"))
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_store.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.partners, args.block = 2000, 500
@@ -113,8 +114,7 @@ def main(argv=None):
     for k, r in results.items():
         print(f"{k:10s} {r['inserts_per_s']:10d} {r['rewrites_per_s']:11d} {r['query_all_per_s']:10d} "
               f"{r['roi_queries_per_s']:8.1f}")
-    save_json(args.out, out)
-    print(f"wrote {args.out}")
+    save_report(args.out, "store", out, stage="store")
     return 0
 
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_synthetic.py --io            # also: N5 read, tensorstore vs zarr-python 2
     python benchmarks/bench_synthetic.py --quick         # one small shape, once: checks the set-up
 
-Prints a table and saves JSON with machine info to
+Prints a table and saves JSON with machine info and the headline figures (``summary``) to
 benchmarks/results/bench_synthetic.json.
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, machine_info, save_json
+from _common import machine_info, save_report
 
 SHAPES = [(20, 200, 200), (40, 400, 400), (80, 800, 800)]
 
@@ -103,15 +103,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--io", action="store_true", help="also benchmark N5 / zarr v3 reads")
     parser.add_argument("--quick", action="store_true", help="one 20 x 200 x 200 volume, once")
-    parser.add_argument("--out", default=str(RESULTS / "bench_synthetic.json"))
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_synthetic.json)")
     args = parser.parse_args(argv)
     shapes, repeats = (SHAPES[:1], 1) if args.quick else (SHAPES, args.repeats)
     result = {"benchmark": "synthetic", "machine": machine_info(), "quick": args.quick,
               "generate": bench_generate(shapes, repeats)}
     if args.io:
         result["io"] = bench_io(repeats)
-    out = save_json(args.out, result)
-    print(f"saved {out}")
+    save_report(args.out, "synthetic", result, stage="generation")
 
 
 if __name__ == "__main__":

@@ -4,20 +4,22 @@ Trains a ~140 k-parameter 3D U-Net (Keras) for a few hundred iterations on one
 synthetic volume to predict a ball (radius 100 nm) around every post-site,
 then detects post-sites on a volume of another seed (threshold 0.5,
 connected components, centroid) and matches them to the ground truth within
-200 nm.  Prints precision / recall and saves JSON to
+200 nm.  Prints precision / recall and saves JSON with machine info and the headline
+figures (``summary``: training iterations/s, recall, precision) to
 benchmarks/results/bench_synthetic_learnability.json.
 
-    python benchmarks/bench_synthetic_learnability.py --iterations 300
+    python benchmarks/bench_synthetic_learnability.py [--iterations 300] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import machine_info, save_report
 
 PATCH = (8, 96, 96)
 
@@ -98,12 +100,16 @@ def match(found, vol, dist=200.0):
     return tp, len(found), len(gt)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--shape", type=int, nargs=3, default=(40, 400, 400))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_synthetic_learnability.json"))
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="4 iterations on 16 x 128 x 128: checks the set-up only")
+    parser.add_argument("--out", default=None,
+                        help="result JSON (default benchmarks/results/bench_synthetic_learnability.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.iterations, args.shape = 4, (16, 128, 128)
     import keras
 
     from synful.synthetic import generate
@@ -126,15 +132,15 @@ def main():
     tp, n_found, n_gt = match(detect(pred, test), test)
     precision = tp / n_found if n_found else 0.0
     recall = tp / n_gt if n_gt else 0.0
-    result = {"iterations": args.iterations, "shape": list(args.shape), "train_seconds": round(t_train, 1),
+    result = {"benchmark": "learnability", "machine": machine_info(), "quick": args.quick,
+              "iterations": args.iterations, "shape": list(args.shape), "train_seconds": round(t_train, 1),
               "params": int(net.count_params()), "final_loss": round(float(np.mean(losses[-50:])), 4),
               "test_post_sites": n_gt, "detections": n_found, "true_positives": tp,
               "precision": round(precision, 3), "recall": round(recall, 3)}
-    print(json.dumps(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
+    save_report(args.out, "synthetic_learnability", result, stage="learnability")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

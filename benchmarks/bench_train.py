@@ -11,7 +11,8 @@ Two measurements per run, on the device TensorFlow sees:
 Presets: ``cpu`` (default without GPU): downsample [[1,3,3],[1,3,3]], fmaps 4 x 5^l, input
 24 x 142 x 142 (~0.3 M parameters); ``synful`` (default with GPU): Synful's network, input
 42 x 430 x 430 (~10.6 M parameters).  Prints the numbers and saves them with the device name to
-``benchmarks/results/train_<host>.json``.
+``benchmarks/results/bench_train.json`` (``bench_train_xla.json`` with ``--xla``),
+with the headline figures as its ``summary``.
 
     python benchmarks/bench_train.py [--preset cpu|synful] [--iterations 10] [--warmup 3] [--xla] [--quick]
 """
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-pipeline", action="store_true", help="skip the data-pipeline measurement")
     ap.add_argument("--quick", action="store_true",
                     help="preset cpu, 2 iterations after 1 warm-up: checks the set-up, not the speed")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/train_<host>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_train[_xla].json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.iterations, args.warmup = "cpu", 2, 1
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
             r = _pipeline_rate(cfg, args.iterations, args.warmup, Path(tmp))
         info["pipeline"] = r
         print(f"pipeline (one process): {r['batches_per_s']:.3f} batches/s", flush=True)
-    save_report(args.out, "train", info, indent=2)
+    save_report(args.out, "train_xla" if args.xla else "train", info, indent=2, stage="training")
     return 0
 
 

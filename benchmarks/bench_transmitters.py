@@ -7,7 +7,8 @@
 Generates a synthetic volume (40 x 8 x 8 nm voxels), imports its synapses,
 makes a skeleton split (70 % train, 30 % test), trains a small VGG3D (input
 4 x 64 x 64), predicts the test part and evaluates.  Prints and saves
-``benchmarks/results/bench_transmitters.json`` with machine info.
+``benchmarks/results/bench_transmitters.json`` with machine info and the headline figures
+(``summary``).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, machine_info, save_json
+from _common import machine_info, save_report
 
 from synful.scaffold import create_predict_setups, create_train_setup
 from synful.transmitters.data import import_collections
@@ -36,7 +37,7 @@ def main(argv=None):
     p.add_argument("--shape", type=int, nargs=3, default=(30, 640, 640))
     p.add_argument("--workers", type=int, default=2, help="PreCache worker processes of the training pipeline")
     p.add_argument("--quick", action="store_true", help="a 12 x 320 x 320 volume, 4 iterations")
-    p.add_argument("--out", default=str(RESULTS / "bench_transmitters.json"))
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/bench_transmitters.json)")
     args = p.parse_args(argv)
     if args.quick:
         args.iterations, args.shape = 4, (12, 320, 320)
@@ -84,7 +85,7 @@ def main(argv=None):
         "confusion_matrix": result["confusion_matrix"],
     }
     print(json.dumps(out, indent=2))
-    save_json(args.out, out, indent=2)
+    save_report(args.out, "transmitters", out, indent=2, stage="transmitters")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
 #!/usr/bin/env python
-"""Run every stage benchmark and write one JSON with machine and GPU information.
+"""Run every stage benchmark; keep each stage's result JSON and print the headline figures.
 
-Each stage is its benchmark script, run as a subprocess (own TensorFlow, own GPU view) with
-``--out`` pointing into a stage folder; its JSON is embedded whole in the combined result, under
-``stages.<stage>.result``, next to a ``summary`` of headline figures and the ``projection`` of
-the device-days that a 50-teravoxel brain (FAFB) takes at the measured steady prediction rate
+Each stage is its benchmark script, run as a subprocess (own TensorFlow, own GPU view).  A full run
+(no ``--quick``) stores each stage's result where the README table is generated from, as
+``benchmarks/results/bench_<name>.json`` (``--results-dir``; a failed stage leaves its old file
+alone), each stamped with the git commit and date (``_common.provenance``) and carrying its
+``summary`` rows; then ``python benchmarks/readme_table.py --readme README.md`` rewrites the README's
+performance table from them.  With ``--out`` a combined JSON is written too: every stage's result
+under ``stages.<stage>.result``, the ``summary`` of all, and the ``projection`` of the device-days
+that a 50-teravoxel brain (FAFB) takes at the measured steady prediction rate
 (``50e12 / voxels_per_s / 86400``, one device), with the hours daisy alone needs to hand out that
 brain's prediction blocks (at the measured empty-block rate with two workers).
 
-    python benchmarks/run_all.py [--quick] [--out benchmarks/results/all.json] [--stages prediction store ...]
+    python benchmarks/run_all.py [--quick] [--stages prediction store ...] [--out all.json] [--results-dir DIR]
 
-``--quick`` passes ``--quick`` to every script (small inputs, about 30 s in all on 2 CPU cores):
-it checks that the benchmarks run, its figures are not the machine's.  The summary is printed as a
-Markdown table (the one the README shows).  Exit status 1 when a stage failed; the JSON is still
-written, with the failed stage's exit code and output tail; ``--stages NAME --update`` reruns it
-and replaces just that stage in the existing JSON.
+A full run takes about 15 minutes on 2 CPU cores (the learnability stage alone about 7).
+``--quick`` passes ``--quick`` to every script (small inputs, about a minute in all on 2 CPU cores):
+it checks that the benchmarks run, its figures are not the machine's, and it writes nothing under
+``benchmarks/results/`` unless ``--results-dir`` says so.  The summary is printed as a Markdown
+table.  Exit status 1 when a stage failed; the combined JSON is still written, with the failed
+stage's exit code and output tail; ``--stages NAME --update --out ...`` reruns it and replaces just
+that stage in the existing combined JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,24 +36,40 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import HERE, RESULTS, gpu_info, machine_info, save_json
+from _common import BRAIN_VOXELS, HERE, RESULTS, _row, gpu_info, machine_info, save_json, summarize
 
-BRAIN_VOXELS = 50e12  # FAFB, the whole adult Drosophila brain at 40 x 4 x 4 nm
+__all__ = ["STAGES", "Stage", "projection", "scheduling_share", "summarize", "main"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One benchmark script; ``args`` are added in full runs (``--quick`` replaces them)."""
+    """One benchmark script; ``args`` are added in full runs (``--quick`` replaces them), ``always`` in both.
+
+    ``kind`` is the :func:`summarize` stage of its result (default: ``name``); ``result`` the file
+    name of its canonical result under ``benchmarks/results/``."""
 
     name: str
     script: str
     what: str
     args: tuple[str, ...] = field(default=())
+    always: tuple[str, ...] = field(default=())
+    kind: str = ""
+    result: str = ""
+
+    @property
+    def stage(self) -> str:
+        return self.kind or self.name
+
+    @property
+    def result_name(self) -> str:
+        return self.result or f"{Path(self.script).stem}.json"
 
 
 STAGES = (
     Stage("generation", "bench_synthetic.py", "synthetic volume generation, N5 / zarr reads", ("--io",)),
     Stage("training", "bench_train.py", "training iterations/s (network step, data pipeline)"),
+    Stage("training_xla", "bench_train.py", "training step with XLA (slow on CPU)",
+          always=("--xla", "--no-pipeline"), kind="training", result="bench_train_xla.json"),
     Stage("prediction", "bench_predict.py", "blockwise prediction voxels/s, reference U-Net"),
     Stage("extraction", "bench_extract.py", "partner extraction vs the per-region baseline"),
     Stage("store", "bench_store.py", "result-store inserts/s per backend"),
@@ -54,57 +77,8 @@ STAGES = (
     Stage("scheduling", "bench_schedule.py", "daisy scheduling overhead, empty blocks/s"),
     Stage("cluster", "bench_cluster.py", "job launch overhead of the cluster layer"),
     Stage("transmitters", "bench_transmitters.py", "transmitter classifier training and prediction"),
+    Stage("learnability", "bench_synthetic_learnability.py", "a small U-Net learns post-sites (about 7 min)"),
 )
-
-
-def _row(stage: str, measure: str, value, unit: str) -> dict:
-    return {"stage": stage, "measure": measure, "value": value, "unit": unit}
-
-
-def summarize(stage: str, r: dict) -> list[dict]:
-    """Headline figures of one stage's result JSON, as table rows (stage, measure, value, unit)."""
-    rows = []
-    if stage == "generation":
-        for g in r["generate"]:
-            rows.append(_row(stage, f"generate {'x'.join(map(str, g['shape']))}", g["mvoxels_per_s"], "Mvoxel/s"))
-        for x in r.get("io", []):
-            rows.append(_row(stage, f"read 64x512x512, {x['case']}", x["whole_mvoxels_per_s"], "Mvoxel/s"))
-    elif stage == "training":
-        for mode, s in r["step"].items():
-            rows.append(_row(stage, f"step {mode}, preset {r['preset']} ({r['parameters']:,} parameters) "
-                             f"on {r['device']}", s["iterations_per_s"], "iterations/s"))
-        if "pipeline" in r:
-            rows.append(_row(stage, "gunpowder pipeline, one process", r["pipeline"]["batches_per_s"], "batches/s"))
-    elif stage == "prediction":
-        for mode, m in r["modes"].items():
-            rows.append(_row(stage, f"{mode} end to end on {m['device']}", m["end_to_end"]["voxels_per_second"],
-                             "voxels/s"))
-            rows.append(_row(stage, f"{mode} steady on {m['device']}", m["steady"]["voxels_per_second"], "voxels/s"))
-    elif stage == "extraction":
-        for x in r["results"]:
-            rows.append(_row(stage, x["implementation"], x["mvoxels_per_s"], "Mvoxel/s"))
-        rows.append(_row(stage, "speedup over the per-region baseline", r["speedup"], "x"))
-    elif stage == "store":
-        for backend, x in r["results"].items():
-            label = f"{backend}, {x['server']}" if "server" in x else backend
-            rows.append(_row(stage, f"{label} inserts", x["inserts_per_s"], "partners/s"))
-            rows.append(_row(stage, f"{label} rewrites", x["rewrites_per_s"], "partners/s"))
-    elif stage == "evaluation":
-        i = r["inputs"]
-        rows.append(_row(stage, f"{i['predictions']} predictions vs {i['ground_truth']} links, {i['neurons']} neurons, "
-                         f"{i['score_thresholds']}-threshold sweep", r["seconds"]["evaluate_sweep_per_neuron"], "s"))
-        rows.append(_row(stage, "read FAFB JSON", r["seconds"]["load_json"], "s"))
-    elif stage == "scheduling":
-        for mode, x in r["modes"].items():
-            rows.append(_row(stage, f"{mode}, {x['blocks']} blocks", x["blocks_per_s"], "blocks/s"))
-    elif stage == "cluster":
-        for mode, x in r["seconds"].items():
-            rows.append(_row(stage, f"{mode} launch to exit code", x["median_s"], "s"))
-    elif stage == "transmitters":
-        rows.append(_row(stage, f"VGG3D training, batch {r['batch_size']}", r["seconds_per_iteration"],
-                         "s/iteration"))
-        rows.append(_row(stage, "prediction", r["predict_synapses_per_second"], "synapses/s"))
-    return rows
 
 
 def projection(predict: dict) -> dict:
@@ -129,10 +103,12 @@ def scheduling_share(proj: dict, sched: dict) -> dict:
             "scheduling_hours": round(blocks / rate / 3600, 1) if blocks else None}
 
 
-def run_stage(stage: Stage, quick: bool, stage_dir: Path) -> dict:
-    """Run one benchmark script; return {script, args, seconds, returncode, result | output_tail}."""
+def run_stage(stage: Stage, quick: bool, stage_dir: Path, results_dir: Path | None = None) -> dict:
+    """Run one benchmark script; return {script, args, seconds, returncode, result | output_tail}.
+
+    On success the script's JSON is copied unchanged to ``results_dir / stage.result_name`` (if given)."""
     out, log = stage_dir / f"{stage.name}.json", stage_dir / f"{stage.name}.log"
-    args = [str(HERE / stage.script), "--out", str(out), *(["--quick"] if quick else stage.args)]
+    args = [str(HERE / stage.script), "--out", str(out), *stage.always, *(["--quick"] if quick else stage.args)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -142,6 +118,12 @@ def run_stage(stage: Stage, quick: bool, stage_dir: Path) -> dict:
              "returncode": rc}
     if rc == 0 and out.is_file():
         entry["result"] = json.loads(out.read_text())
+        if results_dir is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            tmp = results_dir / f".{stage.result_name}.tmp-{os.getpid()}"
+            shutil.copyfile(out, tmp)
+            os.replace(tmp, results_dir / stage.result_name)
+            entry["saved"] = str(results_dir / stage.result_name)
     else:
         entry["output_tail"] = log.read_text(errors="replace").splitlines()[-30:]
     return entry
@@ -167,11 +149,10 @@ def finish(report: dict) -> None:
         if "result" not in entry:
             report["failed"].append(s.name)
             continue
-        report["summary"] += summarize(s.name, entry["result"])
-        if s.name == "prediction" and entry["result"].get("modes"):
-            p = report["projection"] = projection(entry["result"])
-            report["summary"].append(_row(s.name, f"50 Tvoxel brain at the {p['mode']} steady rate on "
-                                          f"{p['device']}", p["device_days"], "device-days"))
+        result = entry["result"]
+        report["summary"] += result["summary"] if "summary" in result else summarize(s.stage, result)
+        if s.name == "prediction" and result.get("modes"):
+            report["projection"] = projection(result)
     sched = report["stages"].get("scheduling", {}).get("result")
     if "projection" in report and sched:
         p = report["projection"]
@@ -184,7 +165,10 @@ def finish(report: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small inputs: checks that every benchmark runs")
-    ap.add_argument("--out", default=str(RESULTS / "all.json"), help="combined result JSON")
+    ap.add_argument("--out", default=None, help="also write a combined result JSON here")
+    ap.add_argument("--results-dir", default=None,
+                    help="where each stage's result JSON is kept under its canonical name "
+                         "(default: benchmarks/results/ in a full run, nowhere with --quick)")
     ap.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
                     help="run only these stages (default: all)")
     ap.add_argument("--update", action="store_true",
@@ -192,7 +176,10 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-dir", default=None,
                     help="keep each stage's JSON and output log here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    if args.update and not args.out:
+        ap.error("--update needs --out (the combined JSON to update)")
     stages = [s for s in STAGES if args.stages is None or s.name in args.stages]
+    results_dir = Path(args.results_dir) if args.results_dir else (None if args.quick else RESULTS)
     command = " ".join(["python", "benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
 
     report = {"benchmark": "all", "quick": args.quick, "command": command, "machine": machine_info(),
@@ -203,22 +190,24 @@ def main(argv=None) -> int:
             ap.error(f"--update: {args.out} was written {'with' if old.get('quick') else 'without'} --quick")
         report = {**old, "updates": [*old.get("updates", []), {"command": command, "machine": report["machine"],
                                                                "stages": [s.name for s in stages]}]}
+        report.pop("commit", None)  # the combined file gets the provenance of this run
     with tempfile.TemporaryDirectory(prefix="bench_all_") as tmp:
         stage_dir = Path(args.stage_dir or tmp)
         stage_dir.mkdir(parents=True, exist_ok=True)
         for s in stages:
             print(f"[{s.name}] {s.what} ...", flush=True)
-            entry = run_stage(s, args.quick, stage_dir)
+            entry = run_stage(s, args.quick, stage_dir, results_dir)
             entry["what"] = s.what
             report["stages"][s.name] = entry
             if "result" in entry:
-                print(f"[{s.name}] done in {entry['seconds']} s", flush=True)
+                print(f"[{s.name}] done in {entry['seconds']} s" +
+                      (f", saved {entry['saved']}" if "saved" in entry else ""), flush=True)
             else:
                 print(f"[{s.name}] FAILED (exit code {entry['returncode']}):\n  " + "\n  ".join(entry["output_tail"]),
                       file=sys.stderr, flush=True)
     finish(report)
     report["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    out = save_json(args.out, report)
+    out = save_json(args.out, report) if args.out else None
 
     m, g = report["machine"], report["gpu"]
     gpus = "none" if g == "none" else ", ".join(d["name"] for d in g["devices"]) or "none"
@@ -228,7 +217,12 @@ def main(argv=None) -> int:
           + (" (--quick: figures check the set-up only)" if args.quick else "") + "\n")
     print(markdown(report["summary"]))
     failed = report["failed"]
-    print(f"\nsaved {out}" + (f"; failed stages: {', '.join(failed)}" if failed else ""))
+    if out:
+        print(f"\nsaved {out}")
+    if failed:
+        print(f"failed stages: {', '.join(failed)}")
+    if results_dir == RESULTS and any("saved" in e for e in report["stages"].values()):
+        print("README table: python benchmarks/readme_table.py --readme README.md")
     return 1 if failed else 0
 
 
