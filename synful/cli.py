@@ -73,6 +73,10 @@ def _add_evaluate(sub):
     p.add_argument("target", help="evaluation JSON config, or a prediction setup directory (its [Evaluation])")
     p.add_argument("--out", help="results directory (default: <config stem>_evaluation beside the JSON, "
                                  "or <setup>/evaluation)")
+    p.add_argument("--calibration", metavar="VALIDATION", default=None,
+                   help="calibrate on validation, report on test: a validation prediction run (or its evaluation "
+                        "folder or summary.json); the score threshold with its best f-score (the lowest on a tie) is "
+                        "applied unchanged, and the results record it, the file and its SHA-256")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -83,9 +87,17 @@ def _run_evaluate(args) -> int:
 
     target = Path(args.target)
     if target.is_dir():
-        results, out_dir = evaluate_run(target, args.out)
+        results, out_dir = evaluate_run(target, args.out, calibration=args.calibration)
     else:
-        results, out_dir = evaluate_config(target, args.out)
+        results, out_dir = evaluate_config(target, args.out, calibration=args.calibration)
+    if args.calibration is not None:
+        c, r = results[0]["calibration"], results[0]
+        print(f"score_thr {c['score_thr']:g} chosen on validation ({c['source']}, fscore {c['validation_fscore']:.4f} "
+              f"there; sha256 {c['sha256'][:12]})")
+        print(f"at it: fscore {r['fscore']:.4f} precision {r['precision']:.4f} recall {r['recall']:.4f} "
+              f"(tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']}; matching = {r['matching']}); "
+              f"results in {out_dir}")
+        return 0
     for r in results:
         print(f"score_thr {r['score_thr']:g}: fscore {r['fscore']:.4f} precision {r['precision']:.4f} "
               f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})")
@@ -151,6 +163,9 @@ def _add_extract(sub):
                                       "Parquet (.parquet) or Feather v2 (.feather)")
     e.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory")
     e.add_argument("out", metavar="OUT", help="output file, .json, .csv, .parquet or .feather (by suffix)")
+    e.add_argument("--batch-rows", type=int, default=100_000, metavar="N",
+                   help="partners read from the store and written per batch (Arrow record batch / Parquet row "
+                        "group); the export streams, holding one batch at a time (default 100000)")
     e.set_defaults(func=_run_export)
 
 
@@ -169,7 +184,7 @@ def _run_export(args) -> int:
 
     with open_run_store(args.predict_dir) as store:
         n = store.count()
-        path = store.export(args.out)
+        path = store.export(args.out, batch_rows=args.batch_rows)
     print(f"wrote {n} partners to {path}")
     return 0
 
@@ -185,6 +200,10 @@ def _add_map_skeletons(sub):
                    help="no skeleton id when the nearest node in the segment is farther (default: no bound)")
     p.add_argument("--min-skeleton-nodes", type=int, default=1,
                    help="skeletons with fewer nodes in a segment are no candidates there (default 1)")
+    p.add_argument("--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="map blockwise in blocks of this size (nm) over the segmentation, each reading the "
+                        "segmentation and skeleton nodes of its block plus --distance-upper-bound around it "
+                        "(default: [Extraction] block_shape; one block without --distance-upper-bound)")
     p.set_defaults(func=_run_map_skeletons)
 
 
@@ -204,9 +223,10 @@ def _run_map_skeletons(args) -> int:
     seg = open_volume(container, args.seg_dataset or cfg.seg_dataset)
     with open_run_store(args.predict_dir) as store:
         s = map_run(store, args.skeletons, seg, distance_upper_bound=args.distance_upper_bound,
-                    min_skeleton_nodes=args.min_skeleton_nodes)
+                    min_skeleton_nodes=args.min_skeleton_nodes, block_shape=args.block_shape or cfg.block_shape,
+                    log_dir=Path(args.predict_dir) / "log" / "map_skeletons")
     print(f"{s['partners']} partners: {s['pre_mapped']} pre and {s['post_mapped']} post sites on a skeleton "
-          f"({s['both_mapped']} both); {s['changed']} updated")
+          f"({s['both_mapped']} both); {s['changed']} updated ({s['blocks']} blocks)")
     return 0
 
 
@@ -285,7 +305,7 @@ def _add_demo(sub):
     p.add_argument("--train", action="store_true", help="train the demo network from scratch instead of using "
                                                         "the shipped model")
     p.add_argument("--iterations", type=int, default=None, help="training iterations with --train")
-    p.add_argument("--quick", action="store_true", help="predict a smaller held-out volume (for CI)")
+    p.add_argument("--quick", action="store_true", help="smaller validation and test volumes (for CI)")
     p.add_argument("--workers", type=int, default=2, help="local prediction / extraction workers (default 2)")
     p.add_argument("--save-model", metavar="DIR", default=None,
                    help="with --train: copy the trained checkpoint and its train_config.ini into DIR")
@@ -301,9 +321,13 @@ def _run_demo(args) -> int:
 
         saved = save_model(Path(best["run_dir"]).parent.parent / "02_train" / "setup_t0", out_dir=args.save_model)
         print(f"saved model {saved}")
-    print(f"demo: best score threshold {best['score_thr']:g}: precision {best['precision']:.3f} "
-          f"recall {best['recall']:.3f} fscore {best['fscore']:.3f} "
-          f"(tp {best['tpcount']}, fp {best['fpcount']}, fn {best['fncount']}; matching = {best['matching']})")
+    for r in (best, best["location"]):
+        c = r["calibration"]
+        print(f"demo: score threshold {c['score_thr']:g} chosen on the validation volume (fscore "
+              f"{c['validation_fscore']:.3f} there; matching = {r['matching']})")
+        print(f"demo: test volume at that threshold: precision {r['precision']:.3f} recall {r['recall']:.3f} "
+              f"fscore {r['fscore']:.3f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']}; "
+              f"matching = {r['matching']})")
     print(f"precision-recall curve: {best['pr_curve_png']}")
     print(f"slices with partners:   {best['slices_png']}")
     return 0

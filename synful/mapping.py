@@ -23,11 +23,30 @@ Skeletons are SWC files ``<skeleton_id>.swc`` in a directory (``id type x y z
 radius parent`` per line, ``#`` comments, coordinates in nm x, y, z; converted
 to (z, y, x) on reading).
 
-:func:`map_partners` is arrays in, arrays out; :func:`map_run` does a whole-run
-pass over a result store (read all partners, map, write ``pre_skel_id`` /
-``post_skel_id`` back through :meth:`synful.store.Store.set_skel_ids`).  It is
-idempotent: the ids are a function of partners, skeletons and segmentation
-only, and a rerun overwrites the previous ones.
+:func:`map_partners` is arrays in, arrays out.  :func:`map_run` maps a result
+store blockwise (daisy, ``block_shape`` nm over the segmentation's ROI):
+
+- a block maps the post sites in its write ROI (``post_skel_id``) and, in a
+  second query, the pre sites in it (``pre_skel_id``), so each site is mapped
+  by exactly one block; the blocks on the border of the grid also take every
+  site beyond the segmentation on their side (those are misses);
+- it reads only the segment ids under its sites and under the skeleton nodes
+  inside its ROI grown by ``distance_upper_bound`` (the *context*): a node
+  farther than that from every site of the block can neither win nor tie, so
+  the result equals that of one block over everything (ties and misses
+  included).  ``min_skeleton_nodes`` > 1 counts a skeleton's nodes per segment
+  over the whole volume (one pass over all nodes first), as the whole-run
+  mapping does;
+- without ``distance_upper_bound`` (no finite context) or ``block_shape`` it
+  runs as one block;
+- it writes back only the ids that changed (:meth:`~synful.store.Store.set_skel_ids`,
+  one side at a time).
+
+Blocks run through daisy's local scheduler in this process, one after the
+other (the skeletons are read once and node segment ids are cached between
+blocks); there are no done markers: a rerun maps every block again and, the
+ids being a function of partners, skeletons and segmentation only, changes
+nothing unless an input changed (idempotent).
 """
 
 from __future__ import annotations
@@ -174,24 +193,139 @@ def map_partners(partners: np.ndarray, skeletons: Skeletons, segmentation, *, di
     return out
 
 
-def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_skeleton_nodes: int = 1,
-            ignore_ids=(0,)) -> dict:
-    """Whole-run pass: map every partner of ``store`` and write its skeleton ids back (idempotent).
+def _node_index(skeletons: Skeletons):
+    """Node order sorted by z, and the sorted z, for selecting the nodes of a box quickly."""
+    order = np.argsort(skeletons.positions[:, 0], kind="stable")
+    return order, skeletons.positions[order, 0]
 
-    ``skeletons`` is a :class:`Skeletons` or an SWC directory.  Returns counts:
-    ``partners``, ``pre_mapped``, ``post_mapped``, ``both_mapped``, ``changed``.
+
+def _nodes_in(skeletons: Skeletons, index, begin, end) -> np.ndarray:
+    """Indices (ascending) of the nodes with begin <= position < end (nm, (z, y, x))."""
+    order, z = index
+    lo, hi = np.searchsorted(z, begin[0], "left"), np.searchsorted(z, end[0], "left")
+    cand = order[lo:hi]
+    pos = skeletons.positions[cand]
+    inside = np.all((pos >= np.asarray(begin, float)) & (pos < np.asarray(end, float)), axis=1)
+    return np.sort(cand[inside])
+
+
+class _BlockMapper:
+    """What one block does (see the module); holds the skeletons, the node segment cache and the counts."""
+
+    #: a bound beyond every coordinate: border blocks take all sites on their outer side
+    FAR = 2 ** 60
+
+    def __init__(self, store, skeletons: Skeletons, segmentation, *, distance_upper_bound, min_skeleton_nodes,
+                 ignore_ids):
+        self.store, self.skeletons, self.segmentation = store, skeletons, segmentation
+        self.bound = distance_upper_bound
+        self.min_nodes = int(min_skeleton_nodes)
+        self.ignore_ids = tuple(ignore_ids)
+        self.index = _node_index(skeletons)
+        self.node_segments = np.full(len(skeletons), NO_ID - 1, dtype=np.int64)  # NO_ID - 1: not looked up yet
+        self.usable = np.ones(len(skeletons), bool)
+        if self.min_nodes > 1:
+            # a skeleton's node count per segment is global (not per block): look all nodes up once
+            self.node_segments[:] = lookup_segments(segmentation, skeletons.positions)
+            pairs = np.stack([self.node_segments, skeletons.skeleton_ids], axis=1)
+            _, inv, counts = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
+            self.usable = counts[inv.reshape(-1)] >= self.min_nodes
+        self.seg_begin = np.asarray(segmentation.roi.begin, dtype=np.int64)
+        self.seg_end = np.asarray(segmentation.roi.end, dtype=np.int64)
+        self.changed: list[np.ndarray] = []
+        self.blocks = 0
+
+    def site_bounds(self, write_roi):
+        """The write ROI, opened to +-infinity on the sides where it reaches the segmentation's border."""
+        begin = np.asarray(write_roi.begin, dtype=np.int64)
+        end = np.asarray(write_roi.end, dtype=np.int64)
+        begin = np.where(begin <= self.seg_begin, -self.FAR, begin)
+        end = np.where(end >= self.seg_end, self.FAR, end)
+        return begin, end
+
+    def __call__(self, block) -> None:
+        from funlib.geometry import Coordinate, Roi
+
+        begin, end = self.site_bounds(block.write_roi)
+        site_roi = Roi(Coordinate(*begin.tolist()), Coordinate(*(end - begin).tolist()))
+        read = block.read_roi
+        nodes = _nodes_in(self.skeletons, self.index, np.asarray(read.begin), np.asarray(read.end))
+        nodes = nodes[self.usable[nodes]]
+        todo = nodes[self.node_segments[nodes] == NO_ID - 1]
+        if len(todo):
+            self.node_segments[todo] = lookup_segments(self.segmentation, self.skeletons.positions[todo])
+        local = Skeletons(self.skeletons.skeleton_ids[nodes], self.skeletons.positions[nodes])
+        for side in ("post", "pre"):
+            partners = self.store.query(site_roi, site=side)
+            if not len(partners):
+                continue
+            sites = np.stack([partners[f"{side}_{a}"] for a in "zyx"], axis=1).astype(np.float64)
+            ids = map_sites(sites, lookup_segments(self.segmentation, sites), local, self.node_segments[nodes],
+                            distance_upper_bound=self.bound, min_skeleton_nodes=1, ignore_ids=self.ignore_ids)
+            changed = ids != partners[f"{side}_skel_id"]
+            if changed.any():
+                self.store.set_skel_ids(partners["id"][changed], **{f"{side}_skel_ids": ids[changed]})
+                self.changed.append(partners["id"][changed])
+        self.blocks += 1
+
+
+def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_skeleton_nodes: int = 1,
+            ignore_ids=(0,), block_shape=None, batch_rows: int = 100_000, log_dir=None) -> dict:
+    """Map every partner of ``store`` blockwise and write its skeleton ids back (idempotent; see the module).
+
+    ``skeletons`` is a :class:`Skeletons` or an SWC directory; ``block_shape``
+    (nm, (z, y, x)) the write blocks over the segmentation's ROI (None: one
+    block; also one block without ``distance_upper_bound``).  Returns counts:
+    ``partners``, ``pre_mapped``, ``post_mapped``, ``both_mapped``,
+    ``changed`` (partners with an id that changed) and ``blocks``.  ``log_dir``:
+    where daisy writes its per-worker logs (None: none).
     """
+    import daisy
+    from funlib.geometry import Coordinate, Roi
+
     if not isinstance(skeletons, Skeletons):
         skeletons = read_skeletons(skeletons)
-    partners = store.query()
-    mapped = map_partners(partners, skeletons, segmentation, distance_upper_bound=distance_upper_bound,
+    seg_roi = segmentation.roi
+    if distance_upper_bound is None or block_shape is None:
+        if block_shape is not None:
+            logger.warning("skeleton mapping without distance_upper_bound has no finite context: one block")
+        block, ctx = Coordinate(*seg_roi.shape), Coordinate(0, 0, 0)
+    else:
+        if len(block_shape) != 3 or any(int(b) <= 0 for b in block_shape):
+            raise MappingError(f"block_shape: expected three positive sizes in nm (z, y, x), got {block_shape}")
+        block = Coordinate(*(min(int(b), int(s)) for b, s in zip(block_shape, seg_roi.shape)))
+        c = int(np.ceil(float(distance_upper_bound))) + 1
+        ctx = Coordinate(c, c, c)
+    if store.count():
+        store.create()  # idempotent; adds the pre-site index to collections made before it existed
+    mapper = _BlockMapper(store, skeletons, segmentation, distance_upper_bound=distance_upper_bound,
                           min_skeleton_nodes=min_skeleton_nodes, ignore_ids=ignore_ids)
-    changed = (mapped["pre_skel_id"] != partners["pre_skel_id"]) | \
-              (mapped["post_skel_id"] != partners["post_skel_id"])
-    if changed.any():
-        store.set_skel_ids(mapped["id"][changed], mapped["pre_skel_id"][changed], mapped["post_skel_id"][changed])
-    pre, post = mapped["pre_skel_id"] != NO_ID, mapped["post_skel_id"] != NO_ID
-    stats = {"partners": int(len(mapped)), "pre_mapped": int(pre.sum()), "post_mapped": int(post.sum()),
-             "both_mapped": int((pre & post).sum()), "changed": int(changed.sum())}
+    task = daisy.Task("map_skeletons", total_roi=seg_roi.grow(ctx, ctx), read_roi=Roi((0, 0, 0), block + ctx * 2),
+                      write_roi=Roi(ctx, block), process_function=mapper, read_write_conflict=False,
+                      fit="overhang", max_workers=1, max_retries=0, tracking_path=False)
+    logger.info("skeleton mapping: %s blocks of %s nm (context %s nm)", task.block_grid_shape, block, ctx)
+    old_log_dir = daisy.logging.get_log_basedir()
+    daisy.logging.set_log_basedir(log_dir)  # None: no daisy log files (not in the working directory)
+    try:
+        ok = daisy.run_blockwise([task], multiprocessing=False, progress=False, block_tracking=False,
+                                 summary=False)
+    except SynfulError:
+        raise
+    except Exception as e:  # serial daisy raises a block's error
+        raise MappingError(f"skeleton mapping stopped at a failed block ({type(e).__name__}: {e}); rerun: "
+                           f"finished blocks are rewritten with the same ids") from e
+    finally:
+        daisy.logging.set_log_basedir(old_log_dir)
+    if not ok:
+        raise MappingError("skeleton mapping: not every block finished; rerun")
+    stats = {"partners": 0, "pre_mapped": 0, "post_mapped": 0, "both_mapped": 0}
+    for batch in store.iter_batches(batch_rows):
+        pre, post = batch["pre_skel_id"] != NO_ID, batch["post_skel_id"] != NO_ID
+        stats["partners"] += int(len(batch))
+        stats["pre_mapped"] += int(pre.sum())
+        stats["post_mapped"] += int(post.sum())
+        stats["both_mapped"] += int((pre & post).sum())
+    stats["changed"] = int(len(np.unique(np.concatenate(mapper.changed)))) if mapper.changed else 0
+    stats["blocks"] = mapper.blocks
     logger.info("skeleton mapping: %s", stats)
     return stats

@@ -81,6 +81,8 @@ OUTAGE_BUDGET_S = 5.0
 #: ``_id`` of the run record document inside a MongoDB partner collection (partner ids are integers)
 RUN_RECORD_ID = "synful_run"
 _COORDS = ("pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x")
+#: partners per batch of :meth:`Store.export` (about 10 MB as PARTNER_DTYPE)
+EXPORT_BATCH_ROWS = 100_000
 _COLLECTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -161,6 +163,27 @@ def _as_partners(partners) -> np.ndarray:
     return a
 
 
+def _check_site(site: str) -> str:
+    if site not in ("pre", "post"):
+        raise StoreError(f"site must be 'pre' or 'post', got {site!r}")
+    return site
+
+
+def _check_batch_rows(batch_rows) -> int:
+    if int(batch_rows) < 1:
+        raise StoreError(f"batch_rows must be at least 1, got {batch_rows}")
+    return int(batch_rows)
+
+
+def _optional_ids(values, n: int, what: str):
+    if values is None:
+        return None
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    if len(v) != n:
+        raise StoreError(f"{len(v)} {what} for {n} partner ids")
+    return v.tolist()
+
+
 def _roi_bounds(roi):
     begin = tuple(int(v) for v in roi.begin)
     end = tuple(int(v) for v in roi.end)
@@ -181,7 +204,7 @@ class Store(ABC):
 
     @abstractmethod
     def create(self) -> None:
-        """Create the collection and its indexes; idempotent."""
+        """Create the collection and its indexes (block, post site, pre site); idempotent."""
         ...
 
     @abstractmethod
@@ -190,18 +213,33 @@ class Store(ABC):
         ...
 
     @abstractmethod
-    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
+    def set_skel_ids(self, ids, pre_skel_ids=None, post_skel_ids=None) -> None:
         """Set ``pre_skel_id`` / ``post_skel_id`` of the partners with these ``id`` (NO_ID: missing).
 
-        Touches nothing else (locations, scores, ``block_id`` stay); ids not in
-        the collection are skipped.  Idempotent: a rerun with the same values
-        leaves the collection as it was.
+        ``None`` for one side leaves that side as it is (a blockwise mapping
+        sets the two sides in different blocks).  Touches nothing else
+        (locations, scores, ``block_id`` stay); ids not in the collection are
+        skipped.  Idempotent: a rerun with the same values leaves the
+        collection as it was.
         """
         ...
 
     @abstractmethod
-    def query(self, roi=None) -> np.ndarray:
-        """Partners whose post site lies in ``roi`` (a funlib Roi in nm; None: all), sorted by id."""
+    def query(self, roi=None, *, site: str = "post") -> np.ndarray:
+        """Partners whose ``site`` (``"post"`` or ``"pre"``) lies in ``roi`` (a funlib Roi in nm, half-open;
+        None: all), sorted by id."""
+        ...
+
+    @abstractmethod
+    def iter_batches(self, batch_rows: int = 100_000, roi=None, *, site: str = "post") -> Iterator[np.ndarray]:
+        """The partners of :meth:`query` as PARTNER_DTYPE arrays of at most ``batch_rows`` records, in id order.
+
+        Streams: only one batch is held at a time (SQLite: keyset pagination on
+        the primary key, one short read per batch; MongoDB: the same on the
+        indexed field ``id``, sorted by the server), so a run of any size can be
+        exported.  Partners written while
+        iterating are seen if their id is above the last one yielded.
+        """
         ...
 
     @abstractmethod
@@ -248,15 +286,20 @@ class Store(ABC):
         """Release the connection."""
 
     def __iter__(self) -> Iterator[np.void]:
-        """Iterate over the partners (PARTNER_DTYPE records) sorted by id."""
-        return iter(self.query())
+        """Iterate over the partners (PARTNER_DTYPE records) sorted by id, batch by batch."""
+        for batch in self.iter_batches():
+            yield from batch
 
     def __len__(self) -> int:
         return self.count()
 
-    def export(self, path) -> Path:
-        """Write all partners to ``path``: ``.json`` (FAFB benchmark) or ``.csv``; atomically."""
-        return write_partners(self.query(), path)
+    def export(self, path, *, batch_rows: int = EXPORT_BATCH_ROWS) -> Path:
+        """Write all partners to ``path`` (``.json`` FAFB benchmark, ``.csv``, ``.parquet``, ``.feather``), atomically.
+
+        Streams through :meth:`iter_batches`: memory holds one batch of
+        ``batch_rows`` partners (and its Arrow record batch), never the run.
+        """
+        return write_partners(self.iter_batches(batch_rows), path, batch_rows=batch_rows)
 
     def __enter__(self):
         return self
@@ -421,6 +464,7 @@ class SQLiteStore(Store):
                          f"block_id INTEGER NOT NULL)")
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{stem}__block" ON {self._table} (block_id)')
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{stem}__post" ON {self._table} (post_z, post_y, post_x)')
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{stem}__pre" ON {self._table} (pre_z, pre_y, pre_x)')
 
         self._transaction("creating the collection", make)
 
@@ -436,32 +480,68 @@ class SQLiteStore(Store):
 
         self._transaction(f"writing block {block_id}", write)
 
-    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
-        rows = [(None if a == NO_ID else a, None if b == NO_ID else b, i)
-                for i, a, b in zip(np.asarray(ids, dtype=np.int64).tolist(),
-                                   np.asarray(pre_skel_ids, dtype=np.int64).tolist(),
-                                   np.asarray(post_skel_ids, dtype=np.int64).tolist())]
+    def set_skel_ids(self, ids, pre_skel_ids=None, post_skel_ids=None) -> None:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        sides = [(f, v) for f, v in (("pre_skel_id", _optional_ids(pre_skel_ids, len(ids), "pre skeleton ids")),
+                                     ("post_skel_id", _optional_ids(post_skel_ids, len(ids), "post skeleton ids")))
+                 if v is not None]
+        if not ids or not sides:
+            return
+        rows = list(zip(*[[None if x == NO_ID else x for x in v] for _, v in sides], ids))
+        sql = f"UPDATE {self._table} SET {', '.join(f'{f} = ?' for f, _ in sides)} WHERE id = ?"
 
         def write(conn):
-            conn.executemany(f"UPDATE {self._table} SET pre_skel_id = ?, post_skel_id = ? WHERE id = ?", rows)
+            conn.executemany(sql, rows)
 
-        if rows:
-            self._transaction("setting skeleton ids", write)
+        self._transaction("setting skeleton ids", write)
 
-    def query(self, roi=None) -> np.ndarray:
-        where, params = "", ()
-        if roi is not None:
-            begin, end = _roi_bounds(roi)
-            where = " WHERE " + " AND ".join(f"post_{a} >= ? AND post_{a} < ?" for a in "zyx")
-            params = tuple(v for pair in zip(begin, end) for v in pair)
+    @staticmethod
+    def _roi_where(roi, site: str):
+        if roi is None:
+            return [], []
+        begin, end = _roi_bounds(roi)
+        site = _check_site(site)
+        return ([f"{site}_{a} >= ? AND {site}_{a} < ?" for a in "zyx"],
+                [v for pair in zip(begin, end) for v in pair])
+
+    def query(self, roi=None, *, site: str = "post") -> np.ndarray:
+        conds, params = self._roi_where(roi, site)
+        where = " WHERE " + " AND ".join(conds) if conds else ""
 
         def read(conn):
             if not self._has_table(conn, self.collection):
                 return empty_partners(0)
             cur = conn.execute(f"SELECT {', '.join(PARTNER_FIELDS)} FROM {self._table}{where} ORDER BY id", params)
-            return _from_rows(cur.fetchall())
+            chunks = []  # converted a few thousand rows at a time: never the whole run as Python objects
+            while rows := cur.fetchmany(_FETCH_ROWS):
+                chunks.append(_from_rows(rows))
+            return np.concatenate(chunks) if chunks else empty_partners(0)
 
         return self._read(read, empty_partners(0))
+
+    def iter_batches(self, batch_rows: int = 100_000, roi=None, *, site: str = "post") -> Iterator[np.ndarray]:
+        batch_rows = _check_batch_rows(batch_rows)
+        conds, params = self._roi_where(roi, site)
+        last = None
+        while True:
+            c, p = list(conds), list(params)
+            if last is not None:
+                c.append("id > ?")
+                p.append(last)
+            where = " WHERE " + " AND ".join(c) if c else ""
+            sql = f"SELECT {', '.join(PARTNER_FIELDS)} FROM {self._table}{where} ORDER BY id LIMIT ?"
+
+            def read(conn, sql=sql, p=tuple(p) + (batch_rows,)):
+                if not self._has_table(conn, self.collection):
+                    return empty_partners(0)
+                return _from_cursor(conn.execute(sql, p), batch_rows)
+
+            batch = self._read(read, empty_partners(0))
+            if len(batch):
+                yield batch
+            if len(batch) < batch_rows:
+                return
+            last = int(batch["id"][-1])
 
     def count(self) -> int:
         def read(conn):
@@ -529,6 +609,23 @@ def _rows(partners: np.ndarray, block_id: int) -> list[tuple]:
         cols.append(v)
     cols.append([block_id] * len(partners))
     return list(zip(*cols))
+
+
+#: rows converted from Python objects at a time (a fetched row costs ~0.7 kB as Python objects, 96 B as a record)
+_FETCH_ROWS = 4096
+
+
+def _from_cursor(cur, limit: int) -> np.ndarray:
+    """At most ``limit`` rows of ``cur`` as PARTNER_DTYPE, fetched a few thousand at a time (bounded memory)."""
+    out = empty_partners(limit)
+    n = 0
+    while n < limit:
+        rows = cur.fetchmany(min(_FETCH_ROWS, limit - n))
+        if not rows:
+            break
+        out[n:n + len(rows)] = _from_rows(rows)
+        n += len(rows)
+    return out[:n].copy() if n < limit else out
 
 
 def _from_rows(rows) -> np.ndarray:
@@ -624,8 +721,10 @@ class MongoStore(Store):
                 with suppress(pymongo.errors.CollectionInvalid):  # created meanwhile by another worker
                     db.create_collection(self.collection)
             self._col.create_index([("block_id", pymongo.ASCENDING)])
-            self._col.create_index([("post_z", pymongo.ASCENDING), ("post_y", pymongo.ASCENDING),
-                                    ("post_x", pymongo.ASCENDING)])
+            self._col.create_index([("id", pymongo.ASCENDING)])  # iter_batches pages by id
+            for side in ("post", "pre"):  # pre: queries by pre site (blockwise skeleton mapping)
+                self._col.create_index([(f"{side}_z", pymongo.ASCENDING), (f"{side}_y", pymongo.ASCENDING),
+                                        (f"{side}_x", pymongo.ASCENDING)])
 
         self._guard("creating the collection", make)
 
@@ -662,29 +761,63 @@ class MongoStore(Store):
 
         self._guard(f"writing block {block_id}", write)
 
-    def set_skel_ids(self, ids, pre_skel_ids, post_skel_ids) -> None:
+    def set_skel_ids(self, ids, pre_skel_ids=None, post_skel_ids=None) -> None:
         import pymongo
 
-        ops = [pymongo.UpdateOne({"_id": i}, {"$set": {"pre_skel_id": None if a == NO_ID else a,
-                                                       "post_skel_id": None if b == NO_ID else b}})
-               for i, a, b in zip(np.asarray(ids, dtype=np.int64).tolist(),
-                                  np.asarray(pre_skel_ids, dtype=np.int64).tolist(),
-                                  np.asarray(post_skel_ids, dtype=np.int64).tolist())]
-        if ops:
-            self._guard("setting skeleton ids", self._col.bulk_write, ops, ordered=False)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        sides = [(f, v) for f, v in (("pre_skel_id", _optional_ids(pre_skel_ids, len(ids), "pre skeleton ids")),
+                                     ("post_skel_id", _optional_ids(post_skel_ids, len(ids), "post skeleton ids")))
+                 if v is not None]
+        if not ids or not sides:
+            return
+        ops = [pymongo.UpdateOne({"_id": i}, {"$set": {f: None if v[k] == NO_ID else v[k] for f, v in sides}})
+               for k, i in enumerate(ids)]
+        self._guard("setting skeleton ids", self._col.bulk_write, ops, ordered=False)
 
-    def query(self, roi=None) -> np.ndarray:
+    @staticmethod
+    def _filter(roi, site: str) -> dict:
         filt = {"_id": {"$ne": RUN_RECORD_ID}}
         if roi is not None:
+            site = _check_site(site)
             begin, end = _roi_bounds(roi)
             for a, b, e in zip("zyx", begin, end):
-                filt[f"post_{a}"] = {"$gte": b, "$lt": e}
-        proj = {f: 1 for f in PARTNER_FIELDS}
-        proj["_id"] = 0
-        docs = self._guard("query", lambda: list(self._col.find(filt, proj)))
+                filt[f"{site}_{a}"] = {"$gte": b, "$lt": e}
+        return filt
+
+    @staticmethod
+    def _docs_to_partners(docs) -> np.ndarray:
         out = _from_rows([tuple(d.get(f) for f in PARTNER_FIELDS) for d in docs])
         # sorted here: servers differ in how they order mixed-width integer keys
         return out[np.argsort(out["id"], kind="stable")]
+
+    def query(self, roi=None, *, site: str = "post") -> np.ndarray:
+        filt = self._filter(roi, site)
+        proj = {f: 1 for f in PARTNER_FIELDS}
+        proj["_id"] = 0
+        docs = self._guard("query", lambda: list(self._col.find(filt, proj)))
+        return self._docs_to_partners(docs)
+
+    def iter_batches(self, batch_rows: int = 100_000, roi=None, *, site: str = "post") -> Iterator[np.ndarray]:
+        import pymongo
+
+        batch_rows = _check_batch_rows(batch_rows)
+        proj = {f: 1 for f in PARTNER_FIELDS}
+        last = None
+        while True:
+            filt = self._filter(roi, site)
+            if last is not None:
+                filt["id"] = {"$gt": last}
+            # keyset pagination on the field ``id`` (== ``_id``; indexed by create()): each batch is one short query,
+            # no cursor held open between batches (a server may time it out while the caller writes a batch).
+            # Not on ``_id``: wire-compatible servers differ in how they sort mixed-width integer keys there
+            docs = self._guard("query", lambda f=filt: list(
+                self._col.find(f, proj).sort("id", pymongo.ASCENDING).limit(batch_rows)))
+            batch = self._docs_to_partners(docs)
+            if len(batch):
+                yield batch
+            if len(docs) < batch_rows:
+                return
+            last = int(batch["id"][-1])
 
     def count(self) -> int:
         return int(self._guard("count", self._col.count_documents, {"_id": {"$ne": RUN_RECORD_ID}}))

@@ -242,3 +242,66 @@ def test_mapped_run_evaluates_with_skeleton_ids(tmp_path):
         evaluate(pred, gt, settings, skeleton_ids=[7, 11, 12, 20])
     after = evaluate(map_partners(pred, sk, seg, distance_upper_bound=80), gt, settings, skeleton_ids=[7, 11, 12, 20])
     assert after[0]["tpcount"] > 0 and after[0]["fncount"] == 0
+
+
+def _random_case(tmp_path, seed=0, n_partners=300):
+    """A segmentation of coarse random segments (some background), 6 skeletons and partners all over it."""
+    rng = np.random.default_rng(seed)
+    shape = (4, 50, 100)  # z [0, 160), y [0, 200), x [0, 400) nm
+    coarse = rng.integers(0, 5, size=(2, 5, 8))  # 0: background
+    labels = np.kron(coarse, np.ones((2, 10, 13)))[:, :, :100][:shape[0], :shape[1]].astype(np.uint64)
+    write_volume(tmp_path / "rseg.zarr", "labels", labels, VS)
+    seg = open_volume(tmp_path / "rseg.zarr", "labels")
+    ends = np.array([160, 200, 400])
+    ids = np.repeat(np.arange(1, 7), 25)
+    pos = rng.uniform(0, 1, size=(len(ids), 3)) * ends
+    sk = Skeletons(ids * 10, pos)
+    p = empty_partners(n_partners)
+    p["id"] = rng.permutation(10 ** 6)[:n_partners]
+    p["score"] = 1.0
+    # some sites beyond the segmentation (misses, taken by the border blocks)
+    for side in ("pre", "post"):
+        loc = np.round(rng.uniform(-0.1, 1.1, size=(n_partners, 3)) * ends).astype(np.int64)
+        for k, a in enumerate("zyx"):
+            p[f"{side}_{a}"] = loc[:, k]
+    return seg, sk, p
+
+
+@pytest.mark.parametrize("min_nodes", [1, 3])
+def test_blockwise_equals_one_block(store, tmp_path, min_nodes):
+    seg, sk, p = _random_case(tmp_path)
+    p["pre_skel_id"] = p["post_skel_id"] = 999  # stale ids of an earlier mapping: every one must be rewritten
+    store.write_block(0, p)
+    whole = map_partners(p, sk, seg, distance_upper_bound=60, min_skeleton_nodes=min_nodes)
+    assert (whole["post_skel_id"] != NO_ID).sum() > 20 and (whole["pre_skel_id"] != NO_ID).sum() > 20
+    stats = map_run(store, sk, seg, distance_upper_bound=60, min_skeleton_nodes=min_nodes, block_shape=(80, 64, 64))
+    assert stats["blocks"] == 2 * 4 * 7
+    got = store.query()
+    order = np.argsort(whole["id"])
+    np.testing.assert_array_equal(got["post_skel_id"], whole["post_skel_id"][order])
+    np.testing.assert_array_equal(got["pre_skel_id"], whole["pre_skel_id"][order])
+    assert stats["post_mapped"] == int((whole["post_skel_id"] != NO_ID).sum())
+    # idempotent: a rerun (blockwise or as one block) changes nothing
+    assert map_run(store, sk, seg, distance_upper_bound=60, min_skeleton_nodes=min_nodes,
+                   block_shape=(80, 64, 64))["changed"] == 0
+    assert map_run(store, sk, seg, distance_upper_bound=60, min_skeleton_nodes=min_nodes)["changed"] == 0
+    np.testing.assert_array_equal(store.query(), got)
+
+
+def test_block_boundary_nearest_node_in_the_neighbour_block(store, tmp_path):
+    """A site 2 nm left of a block border x = 48: its skeleton's nearest node is 14 nm away across the border,
+    another skeleton's node 20 nm away on its own side.  Without the context the wrong skeleton would win."""
+    seg = _segmentation(tmp_path)
+    nodes = {7: [(60, 50, 4), (60, 50, 60)], 8: [(60, 50, 26)], 9: [(60, 150, 20)]}
+    sk = read_skeletons(_write_swc(tmp_path / "skels", nodes))
+    p = empty_partners(2)
+    p["id"] = [1, 2]
+    p["post_z"], p["post_y"], p["post_x"] = 60, 50, [46, 50]  # 46: block x [0, 48); 50: block x [48, 96)
+    p["pre_z"], p["pre_y"], p["pre_x"] = 60, [150, 50], [20, 28]  # pre of 2 next to skeleton 8's node
+    store.write_block(0, p)
+    want = map_partners(p, sk, seg, distance_upper_bound=30)
+    assert want["post_skel_id"].tolist() == [7, 7] and want["pre_skel_id"].tolist() == [9, 8]
+    stats = map_run(store, sk, seg, distance_upper_bound=30, block_shape=(160, 200, 48))
+    assert stats["blocks"] == 9
+    got = store.query()
+    assert got["post_skel_id"].tolist() == [7, 7] and got["pre_skel_id"].tolist() == [9, 8]

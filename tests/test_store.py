@@ -221,3 +221,40 @@ def test_sqlite_reading_writes_nothing(tmp_path):
     with open_store(f"sqlite:///{path}", collection="partners_a") as s:
         assert s.count() == 3 and s.block_ids().tolist() == [0] and len(s.query()) == 3
     assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()) == before
+
+
+def test_iter_batches_streams_in_id_order(store):
+    # ids on both sides of 2**31 and 2**53 and negative: keyset pagination must not skip or repeat any
+    ids = [-5, 3, 7, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, 2 ** 40, 2 ** 53 + 1, BIG, BIG + 1, 12, 13, 14]
+    store.write_block(0, partners(ids[:7], 0))
+    store.write_block(1, partners(ids[7:], 1))
+    store.claim_run({"run_id": "r1"})  # the run record is never a partner
+    whole = store.query()
+    for rows in (1, 2, 5, 13, 100):
+        batches = list(store.iter_batches(rows))
+        assert all(b.dtype == PARTNER_DTYPE and 0 < len(b) <= rows for b in batches)
+        assert len(batches) == -(-len(ids) // rows)
+        np.testing.assert_array_equal(np.concatenate(batches), whole)
+    assert [int(p["id"]) for p in store] == sorted(ids)
+    roi = Roi((0, 0, 0), (800, 20, 20))
+    for site in ("post", "pre"):
+        got = np.concatenate(list(store.iter_batches(2, roi, site=site)) or [empty_partners(0)])
+        np.testing.assert_array_equal(got, store.query(roi, site=site))
+    assert len(store.query(roi, site="pre")) < len(store.query(roi, site="post"))  # pre sites: y + 100
+    with pytest.raises(StoreError, match="batch_rows"):
+        next(store.iter_batches(0))
+    with pytest.raises(StoreError, match="site"):
+        store.query(roi, site="both")
+
+
+def test_set_skel_ids_one_side_at_a_time(store):
+    store.write_block(0, partners([1, 2, 3]))
+    store.set_skel_ids([1, 3], pre_skel_ids=[BIG, 5])
+    store.set_skel_ids([2, 3, 99], post_skel_ids=[7, NO_ID, 8])  # 99: not in the collection, skipped
+    got = store.query()
+    assert got["pre_skel_id"].tolist() == [BIG, NO_ID, 5]
+    assert got["post_skel_id"].tolist() == [NO_ID, 7, NO_ID]
+    store.set_skel_ids([1], [NO_ID], [4])
+    assert store.query()["pre_skel_id"][0] == NO_ID and store.query()["post_skel_id"][0] == 4
+    with pytest.raises(StoreError, match="2 post skeleton ids for 1"):
+        store.set_skel_ids([1], post_skel_ids=[1, 2])

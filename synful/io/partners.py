@@ -248,19 +248,33 @@ def read_partners_json(path) -> np.ndarray:
     return out
 
 
-def write_partners_json(partners: np.ndarray, path) -> Path:
-    """Write FAFB benchmark JSON atomically; NO_ID ids are written as null."""
+def write_partners_json(partners, path) -> Path:
+    """Write FAFB benchmark JSON atomically; NO_ID ids are written as null.
+
+    ``partners`` is a PARTNER_DTYPE array or an iterable of such arrays
+    (written as they come: a caller may stream them).
+    """
     path = Path(path)
-    links = []
-    for p in partners:
-        link = {"id": int(p["id"])}
-        for jkey, field in _JSON_IDS.items():
-            link[jkey] = None if int(p[field]) == NO_ID else int(p[field])
-        link["location_pre"] = [int(p["pre_z"]), int(p["pre_y"]), int(p["pre_x"])]
-        link["location_post"] = [int(p["post_z"]), int(p["post_y"]), int(p["post_x"])]
-        link["score"] = float(p["score"])
-        links.append(link)
-    _atomic_write(path, lambda f: json.dump(links, f, indent=1))
+
+    def write(f):
+        n = 0
+        for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
+            links = []
+            for r in partners_to_records(chunk):
+                link = {"id": r["id"]}
+                for jkey, field in _JSON_IDS.items():
+                    link[jkey] = r[field]
+                link["location_pre"] = [r["pre_z"], r["pre_y"], r["pre_x"]]
+                link["location_post"] = [r["post_z"], r["post_y"], r["post_x"]]
+                link["score"] = r["score"]
+                links.append(link)
+            if links:
+                # the list's items as json.dump(list, indent=1) writes them, one chunk at a time
+                f.write(("[\n" if n == 0 else ",\n") + json.dumps(links, indent=1)[2:-2])
+                n += len(links)
+        f.write("\n]" if n else "[]")
+
+    _atomic_write(path, write)
     return path
 
 
@@ -289,15 +303,19 @@ def read_partners_csv(path) -> np.ndarray:
     return out
 
 
-def write_partners_csv(partners: np.ndarray, path) -> Path:
-    """Write CSV with the database field names atomically; NO_ID ids are empty cells."""
+def write_partners_csv(partners, path) -> Path:
+    """Write CSV with the database field names atomically; NO_ID ids are empty cells.
+
+    ``partners`` is a PARTNER_DTYPE array or an iterable of such arrays (streamed).
+    """
     path = Path(path)
 
     def write(f):
         w = csv.writer(f)
         w.writerow(PARTNER_FIELDS)
-        for r in partners_to_records(partners):
-            w.writerow(["" if r[k] is None else (repr(r[k]) if k == "score" else r[k]) for k in PARTNER_FIELDS])
+        for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
+            for r in partners_to_records(chunk):
+                w.writerow(["" if r[k] is None else (repr(r[k]) if k == "score" else r[k]) for k in PARTNER_FIELDS])
 
     _atomic_write(path, write)
     return path
@@ -532,11 +550,14 @@ def read_partners(path) -> np.ndarray:
     raise SynfulError(f"{path}: unknown partner file type (expected .json, .csv, .parquet or .feather)")
 
 
-def write_partners(partners: np.ndarray, path) -> Path:
+def write_partners(partners, path, *, batch_rows: int = ARROW_BATCH_ROWS) -> Path:
     """Write partners to ``.json`` (FAFB), ``.csv``, ``.parquet`` or ``.feather`` by suffix.
 
-    Parquet and Feather are written in record batches of
-    :data:`ARROW_BATCH_ROWS` rows (see :func:`write_partners_arrow`).
+    ``partners`` is a PARTNER_DTYPE array or an iterable of such arrays, e.g.
+    :meth:`synful.store.Store.iter_batches`: every format is written as the
+    arrays come, so a streamed export never holds the whole table.  Parquet and
+    Feather are written in record batches of at most ``batch_rows`` rows (see
+    :func:`write_partners_arrow`).
     """
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
@@ -544,5 +565,5 @@ def write_partners(partners: np.ndarray, path) -> Path:
     if suffix == ".csv":
         return write_partners_csv(partners, path)
     if suffix in ARROW_SUFFIXES:
-        return write_partners_arrow(partners, path)
+        return write_partners_arrow(partners, path, batch_rows=batch_rows)
     raise SynfulError(f"{path}: unknown partner file type (expected .json, .csv, .parquet or .feather)")
