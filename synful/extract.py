@@ -13,12 +13,18 @@ Method (``[Extraction]`` of predict_config.ini):
 
 1. candidates: ``cc`` thresholds the indicator (``p > cc_threshold``) and
    takes 26-connected components; ``nms`` takes the local maxima above the
-   threshold within an ellipsoid of ``nms_radius`` nm (one per plateau), each
-   with the above-threshold voxels of that ellipsoid as its "component".
+   threshold within an ellipsoid of ``nms_radius`` nm (one per 26-connected
+   plateau: the plateau's voxel nearest its centroid), each with the
+   above-threshold voxels of that ellipsoid as its "component".
 2. post site per component: ``edt`` the voxel farthest from the component's
    outside (Euclidean distance transform in nm, outside the block counts as
-   outside) or ``max`` the indicator maximum; ties go to the first voxel in
+   outside) or ``max`` the indicator maximum; when several voxels tie, the one
+   nearest the component's centroid (Euclidean, nm), then the first in
    (z, y, x) order.  Locations are voxel corners: ``offset + index * voxel_size``.
+   Candidates are computed from the above-threshold voxels alone (no pass over
+   the block besides the threshold); the results equal dense formulations (cc3d
+   components, scipy's EDT of each padded bounding box, a maximum filter over
+   the block; tests/test_extract_speed_rules.py).
 3. score: ``sum``, ``mean``, ``max`` or ``count`` of the component's
    probabilities.
 4. pre site: post site plus the partner vector at the post site (``point``)
@@ -131,15 +137,6 @@ def partner_id(post_nm: np.ndarray, voxel_size) -> np.ndarray:
     return (u[:, 0] << (2 * _BITS)) | (u[:, 1] << _BITS) | u[:, 2]
 
 
-def _first_max_per_label(labels_fg: np.ndarray, values: np.ndarray, flat_index: np.ndarray, n: int):
-    """Per label 1..n: flat index of the maximal value, the first one in C order on ties; and that value."""
-    order = np.lexsort((flat_index, -values, labels_fg))
-    lab_sorted = labels_fg[order]
-    first = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
-    sel = order[first]
-    return flat_index[sel], values[sel]
-
-
 def _ellipsoid(radius_vox) -> np.ndarray:
     r = [int(np.floor(v)) for v in radius_vox]
     grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
@@ -147,93 +144,289 @@ def _ellipsoid(radius_vox) -> np.ndarray:
     return d <= 1.0
 
 
-def _edt_maxima(labels: np.ndarray, n: int, voxel_size) -> np.ndarray:
-    """Per component 1..n: flat index of its distance-transform maximum (first in C order on ties).
+# Candidates work on the above-threshold voxels only (np.flatnonzero(mask), sorted flat indices, typically
+# < 1% of a block): components from runs along x, distance transforms and NMS maxima from gathers at those
+# voxels; nothing but the threshold itself touches every voxel of the block.
 
-    The EDT runs on each component's bounding box padded by one background
-    voxel (outside the array counts as outside), so the cost follows the
-    foreground, not the block.
+def _coords(flat: np.ndarray, shape) -> np.ndarray:
+    """(n, 3) int64 voxel indices of flat indices into ``shape``."""
+    return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+
+
+def _runs(fg: np.ndarray, shape, keys=None):
+    """Runs along x of sorted flat indices ``fg``: (voxel -> run index, first voxel of each run, last voxel).
+
+    A run is a maximal set of consecutive voxels of one row; with ``keys`` (one value per voxel) a run also
+    ends where the key changes.
     """
-    import cc3d
+    x_len = shape[2]
+    brk = np.empty(len(fg), dtype=bool)
+    brk[:1] = True
+    brk[1:] = (np.diff(fg) != 1) | (fg[1:] % x_len == 0)
+    if keys is not None:
+        brk[1:] |= keys[1:] != keys[:-1]
+    starts = np.flatnonzero(brk)
+    ends = np.r_[starts[1:], len(fg)] - 1
+    return np.cumsum(brk) - 1, starts, ends
 
-    sampling = tuple(float(v) for v in voxel_size)
-    boxes = cc3d.statistics(labels)["bounding_boxes"]
-    out = np.empty(n, dtype=np.int64)
-    for i in range(1, n + 1):
-        box = boxes[i]
-        crop = np.pad(labels[box] == i, 1)
-        dt = ndimage.distance_transform_edt(crop, sampling=sampling)[1:-1, 1:-1, 1:-1]
-        local = np.unravel_index(int(np.argmax(dt)), dt.shape)
-        out[i - 1] = np.ravel_multi_index(tuple(int(l) + b.start for l, b in zip(local, box)), labels.shape)
+
+def _sparse_components(fg: np.ndarray, shape, keys=None):
+    """26-connected components of the voxels ``fg`` (sorted flat indices): (labels 1..n per voxel, n, runs).
+
+    With ``keys`` (per voxel), voxels of different keys never join.  Labels are numbered in C order of each
+    component's first voxel (as cc3d and scipy.ndimage.label number them).  Runs along x (:func:`_runs`) are
+    joined to the overlapping runs (x +- 1) of the four forward neighbour rows (z, y+1), (z+1, y-1..y+1).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    z_len, y_len, x_len = shape
+    run_of, rs, re = _runs(fg, shape, keys)
+    fs, fe = fg[rs], fg[re]
+    row = fs // x_len
+    ry, rz = row % y_len, row // y_len
+    xs, xe = fs % x_len, fe % x_len
+    nr = len(rs)
+    src, dst = [], []
+    for dz, dy in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        ok = (rz + dz < z_len) & (ry + dy >= 0) & (ry + dy < y_len)
+        target = (row + dz * y_len + dy) * x_len
+        first = np.searchsorted(fe, target + np.maximum(xs - 1, 0), side="left")
+        last = np.searchsorted(fs, target + np.minimum(xe + 1, x_len - 1), side="right")
+        cnt = np.where(ok, np.maximum(last - first, 0), 0)
+        total = int(cnt.sum())
+        if not total:
+            continue
+        s = np.repeat(np.arange(nr), cnt)
+        d = first[s] + np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        if keys is not None:
+            same = keys[rs[s]] == keys[rs[d]]
+            s, d = s[same], d[same]
+        src.append(s)
+        dst.append(d)
+    if src:
+        s, d = np.concatenate(src), np.concatenate(dst)
+        graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(nr, nr))
+        n, run_label = connected_components(graph, directed=False)
+    else:
+        n, run_label = nr, np.arange(nr)
+    return run_label[run_of].astype(np.int64) + 1, int(n), (run_of, rs, re, run_label)
+
+
+def _segment_min_pass(line, t, lab, g, spacing: float):
+    """One pass of the separable squared EDT along one axis: the new ``g`` (float64, per voxel).
+
+    ``line`` numbers the lines along the axis (the other two coordinates), ``t`` is the coordinate along it;
+    the voxels come in C order, so within a line ``t`` ascends and a stable sort by ``line`` lines them up.
+    A segment is a maximal set of voxels of one line with consecutive ``t`` and one label.  Per voxel: min over its segment's voxels j of
+    g[j] + (spacing (t - t_j))^2 and over the two positions just outside the segment (g = 0 there: another
+    label, background or outside the array).
+    """
+    n = len(line)
+    if not n:
+        return g
+    order = np.argsort(line, kind="stable")
+    ks, ts, ls, gs = line[order], t[order], lab[order], g[order]
+    brk = np.empty(n, dtype=bool)
+    brk[:1] = True
+    brk[1:] = (np.diff(ts) != 1) | (ls[1:] != ls[:-1]) | (ks[1:] != ks[:-1])
+    starts = np.flatnonzero(brk)
+    seg = np.cumsum(brk) - 1
+    length = np.diff(np.r_[starts, n])
+    pos = np.arange(n) - starts[seg]
+    to_end = np.minimum(pos + 1, length[seg] - pos)  # distance (voxels) to the nearest position outside
+    best = np.minimum(gs, (spacing * to_end.astype(np.float64)) ** 2)
+    active = np.flatnonzero(to_end > 1)
+    k = 1
+    while len(active):
+        step = (spacing * k) ** 2
+        best[active] = np.minimum(best[active], np.minimum(gs[active - k], gs[active + k]) + step)
+        k += 1
+        active = active[to_end[active] > k]
+    out = np.empty(n, dtype=np.float64)
+    out[order] = best
     return out
 
 
-def _cc_candidates(prob, mask, voxel_size, cfg, segments=None):
-    import cc3d
+def _sparse_sq_edt(fg: np.ndarray, lab: np.ndarray, shape, voxel_size, runs) -> np.ndarray:
+    """Squared Euclidean distance (nm^2, float64) of each voxel of ``fg`` to the nearest voxel outside its
+    component (another label, background or outside the array): exact, separable (x from the runs, then
+    y and z over segments of the voxels themselves); integers in float64, so ties are exact.
 
-    if segments is not None:
-        # multi-label components: voxels of different segments never join (segment 0 still counts)
-        labels, n = cc3d.connected_components(np.where(mask, segments.astype(np.uint64) + np.uint64(1), 0),
-                                              connectivity=26, return_N=True)
-    else:
-        labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
-    if n == 0:
+    Equals the EDT of the component's bounding box padded by one outside voxel (what compat = none defined):
+    the nearest outside voxel beyond the padded box is never nearer than its projection onto the padding.
+    """
+    z_len, y_len, x_len = shape
+    vz, vy, vx = (float(v) for v in voxel_size)
+    run_of, rs, re, _ = runs
+    x = fg % x_len
+    xs, xe = x[rs][run_of], x[re][run_of]
+    g = (vx * np.minimum(x - xs + 1, xe + 1 - x).astype(np.float64)) ** 2
+    zy = fg // x_len
+    y, z = zy % y_len, zy // y_len
+    small = np.int32 if max(z_len, y_len) * x_len < 2 ** 31 else np.int64
+    g = _segment_min_pass((z * x_len + x).astype(small), y, lab, g, vy)  # along y: lines (z, x)
+    g = _segment_min_pass((y * x_len + x).astype(small), z, lab, g, vz)  # along z: lines (y, x)
+    return g
+
+
+def _nearest_centroid(lab: np.ndarray, flat: np.ndarray, tied: np.ndarray, n: int, shape, voxel_size,
+                      coords: np.ndarray | None = None) -> np.ndarray:
+    """Per label 1..n: the flat index, among the voxels marked ``tied``, nearest the centroid of all voxels
+    of that label (Euclidean, nm); remaining ties go to the first in C order.
+
+    Exact and the same in every block: the squared distance times count^2 is computed from integer offsets
+    count * index - sum(index), which do not depend on the block's origin.
+    """
+    c = _coords(flat, shape) if coords is None else coords
+    cnt = np.bincount(lab, minlength=n + 1).astype(np.int64)
+    sums = np.stack([np.bincount(lab, weights=c[:, a], minlength=n + 1) for a in range(3)], axis=1)
+    sums = np.rint(sums).astype(np.int64)
+    t = np.flatnonzero(tied)
+    tl = lab[t]
+    off = c[t] * cnt[tl][:, None] - sums[tl]
+    d2 = ((off * np.asarray(voxel_size, dtype=np.int64)).astype(np.float64) ** 2).sum(axis=1)
+    order = np.lexsort((flat[t], d2, tl))
+    tl_sorted = tl[order]
+    first = np.flatnonzero(np.r_[True, tl_sorted[1:] != tl_sorted[:-1]])
+    out = np.empty(n, dtype=np.int64)
+    out[tl_sorted[first] - 1] = flat[t][order[first]]
+    return out
+
+
+def _max_per_label(lab: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, lab, values)
+    return out
+
+
+def _edt_maxima(fg: np.ndarray, lab: np.ndarray, n: int, shape, voxel_size, runs) -> np.ndarray:
+    """Per component 1..n: flat index of its distance-transform maximum (:func:`_sparse_sq_edt`); several
+    voxels at the maximum: the one nearest the component's centroid (nm), then the first in C order."""
+    d2 = _sparse_sq_edt(fg, lab, shape, voxel_size, runs)
+    top = _max_per_label(lab, d2, n)
+    return _nearest_centroid(lab, fg, d2 == top[lab], n, shape, voxel_size)
+
+
+def _cc_candidates(prob, mask, voxel_size, cfg, segments=None):
+    """Components of the above-threshold voxels (26-connected; split where ``segments`` changes).
+
+    Post site: the distance-transform maximum (``edt``) or the indicator maximum (``max``); on ties the voxel
+    nearest the component's centroid (nm), then the first in C order.
+    """
+    fg = np.flatnonzero(mask)
+    if not len(fg):
         return None
-    fg = np.flatnonzero(labels)
-    lab = labels.ravel()[fg].astype(np.int64)
+    keys = None
+    if segments is not None:  # multi-label components: voxels of different segments never join
+        keys = np.asarray(segments).ravel()[fg]
+    lab, n, runs = _sparse_components(fg, prob.shape, keys)
     vals = prob.ravel()[fg].astype(np.float64)
     counts = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     sums = np.bincount(lab, weights=vals, minlength=n + 1)[1:]
+    top = None
     if cfg.loc_type == "edt":
-        post_flat = _edt_maxima(labels, n, voxel_size)
+        post_flat = _edt_maxima(fg, lab, n, prob.shape, voxel_size, runs)
     else:
-        post_flat, _ = _first_max_per_label(lab, vals, fg, n)
+        top = _max_per_label(lab, vals, n)
+        post_flat = _nearest_centroid(lab, fg, vals == top[lab], n, prob.shape, voxel_size)
     maxima = None
     if cfg.score_type == "max":
-        _, maxima = _first_max_per_label(lab, vals, fg, n)
+        maxima = (top if top is not None else _max_per_label(lab, vals, n))[1:]
+    # components touching the block border: from the runs (first / last voxel of each)
+    z_len, y_len, x_len = prob.shape
+    run_of, rs, re, run_label = runs
+    fs, fe = fg[rs], fg[re]
+    row = fs // x_len
+    edge = (fs % x_len == 0) | (fe % x_len == x_len - 1) | (row % y_len == 0) | (row % y_len == y_len - 1) \
+        | (row // y_len == 0) | (row // y_len == z_len - 1)
     touching = np.zeros(n, dtype=bool)
-    border = np.zeros(mask.shape, dtype=bool)
-    border[[0, -1], :, :] = border[:, [0, -1], :] = border[:, :, [0, -1]] = True
-    edge_labels = np.unique(labels[border & mask])
-    touching[edge_labels[edge_labels > 0] - 1] = True
+    touching[run_label[edge]] = True
     members = (lab, fg, counts)
     return post_flat, sums, counts, maxima, touching, members
 
 
+def _window_gather(flat_c, coords_c, offsets, shape, values_flat, fill=0.0):
+    """values at flat_c + offsets (n, k): ``fill`` where the position is outside the array."""
+    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    idx = flat_c[:, None] + (offsets @ strides)[None, :]
+    size = np.asarray(shape)
+    border = np.flatnonzero(np.any(coords_c + offsets.min(axis=0) < 0, axis=1)
+                            | np.any(coords_c + offsets.max(axis=0) >= size, axis=1))
+    if not len(border):  # every window inside the array: a plain gather
+        return values_flat[idx], np.ones(idx.shape, dtype=bool), idx
+    pos = coords_c[border][:, None, :] + offsets[None, :, :]
+    inside = np.ones(idx.shape, dtype=bool)
+    inside[border] = np.all((pos >= 0) & (pos < size), axis=2)
+    out = values_flat[np.where(inside, idx, 0)]
+    return np.where(inside, out, fill), inside, idx
+
+
+def _nms_peaks(prob: np.ndarray, fg: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Sorted flat indices of the voxels of ``fg`` that equal the maximum filter of ``prob`` with footprint
+    ``fp`` (``mode = constant``, ``cval = 0``), i.e. no voxel under the footprint is larger.
+
+    Only the given voxels are tested, against the footprint's offsets nearest first, dropping a voxel as soon
+    as one offset holds a larger value: the same peaks as ``maximum_filter`` over the whole block.
+    """
+    r = np.array(fp.shape) // 2
+    offsets = np.argwhere(fp) - r
+    offsets = offsets[np.any(offsets != 0, axis=1)]
+    offsets = offsets[np.argsort((offsets.astype(np.float64) ** 2).sum(axis=1) * 1e6
+                                 + np.abs(offsets) @ np.array([1e4, 1e2, 1.0]), kind="stable")]
+    flat_vals = prob.ravel()
+    cand = fg
+    v = flat_vals[cand]
+    coords = _coords(cand, prob.shape)
+    # near offsets one at a time (most voxels fall there), the rest in chunks
+    i = 0
+    while i < len(offsets) and len(cand):
+        step = 1 if i < 26 else 256
+        off = offsets[i:i + step]
+        vals, _, _ = _window_gather(cand, coords, off, prob.shape, flat_vals)
+        keep = ~np.any(vals > v[:, None], axis=1)
+        cand, v, coords = cand[keep], v[keep], coords[keep]
+        i += step
+    return cand
+
+
 def _nms_candidates(prob, mask, voxel_size, cfg, segments=None):
+    """Local maxima above the threshold within an ellipsoid of ``nms_radius`` nm (:func:`_nms_peaks`), one per
+    26-connected plateau: the plateau's voxel nearest its centroid (nm), then the first in C order.  Each
+    maximum's "component" is the above-threshold voxels of the ellipsoid around it."""
     radius = np.asarray(cfg.nms_radius, dtype=float) / np.asarray(voxel_size, dtype=float)
     fp = _ellipsoid(radius)
-    maxf = ndimage.maximum_filter(prob, footprint=fp, mode="constant", cval=0.0)
-    peaks = mask & (prob == maxf)
-    import cc3d
-
-    plateaus, n = cc3d.connected_components(peaks, connectivity=26, return_N=True)
-    if n == 0:
+    fg = np.flatnonzero(mask)
+    if not len(fg):
         return None
-    fg = np.flatnonzero(plateaus)
-    lab = plateaus.ravel()[fg].astype(np.int64)
-    post_flat, _ = _first_max_per_label(lab, np.zeros(len(fg)), fg, n)  # first voxel of each plateau
+    peaks = _nms_peaks(prob, fg, fp)
+    if not len(peaks):
+        return None
+    lab, n, _ = _sparse_components(peaks, prob.shape)
+    post_flat = _nearest_centroid(lab, peaks, np.ones(len(peaks), dtype=bool), n, prob.shape, voxel_size)
     # the "component" of a maximum: the above-threshold voxels of the ellipsoid around it
     r = np.array(fp.shape) // 2
-    pos = np.stack(np.unravel_index(post_flat, prob.shape), axis=1)
+    pos = _coords(post_flat, prob.shape)
+    touching = np.any(pos - r < 0, axis=1) | np.any(pos + r + 1 > np.asarray(prob.shape), axis=1)
+    offsets = np.argwhere(fp) - r
+    flat_vals = prob.ravel()
+    mask_flat = mask.ravel()
     sums, counts, maxima = np.zeros(n), np.zeros(n), np.zeros(n)
-    touching = np.zeros(n, dtype=bool)
     m_lab, m_flat = [], []
-    for i, p in enumerate(pos):
-        lo, hi = p - r, p + r + 1
-        clo, chi = np.maximum(lo, 0), np.minimum(hi, prob.shape)
-        touching[i] = bool(np.any(lo < 0) or np.any(hi > prob.shape))
-        sl = tuple(slice(a, b) for a, b in zip(clo, chi))
-        fsl = tuple(slice(a - l, b - l) for a, b, l in zip(clo, chi, lo))
-        sel = mask[sl] & fp[fsl]
-        v = prob[sl][sel].astype(np.float64)
-        sums[i], counts[i], maxima[i] = v.sum(), len(v), v.max()
-        idx = np.stack(np.nonzero(sel), axis=1) + clo
-        m_flat.append(np.ravel_multi_index(idx.T, prob.shape))
-        m_lab.append(np.full(len(v), i + 1))
+    chunk = max(1, 2_000_000 // max(len(offsets), 1))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        vals, inside, idx = _window_gather(post_flat[a:b], pos[a:b], offsets, prob.shape, flat_vals)
+        sel = inside & mask_flat[np.where(inside, idx, 0)]
+        v = np.where(sel, vals, 0).astype(np.float64)
+        sums[a:b] = v.sum(axis=1)
+        counts[a:b] = sel.sum(axis=1)
+        maxima[a:b] = np.where(sel, vals, -np.inf).max(axis=1)
+        rows, cols = np.nonzero(sel)
+        m_lab.append(rows + a + 1)
+        m_flat.append(idx[rows, cols])
     members = (np.concatenate(m_lab), np.concatenate(m_flat), counts)
     return post_flat, sums, counts, maxima, touching, members
-
 
 # --------------------------------------------------------------------------------------
 # compat = synful: Synful's original detection, reproduced (see README "Differences from Synful")

@@ -42,7 +42,7 @@ def test_cc_edt_sum_exact():
     vec = np.zeros((3,) + ind.shape, np.float32)
     a = ellipsoid(ind.shape, (6, 12, 12), (3, 6, 6))  # 24 nm radius in every axis at (8, 4, 4)
     b = np.zeros(ind.shape, bool)
-    b[12:15, 25:30, 20:23] = True  # a box: EDT ties, the first voxel in (z, y, x) order wins
+    b[12:15, 25:30, 20:23] = True  # a box: EDT ties, the one nearest the box's centroid wins
     ind[a], ind[b] = 0.75, 0.625
     vec[:, a] = np.array([13.4, -41.5, 22.5])[:, None]  # rounded to whole nm: (13, -41, 23)
     vec[:, b] = np.array([-16, 8, 100])[:, None]
@@ -54,8 +54,9 @@ def test_cc_edt_sum_exact():
     assert (pa["pre_z"], pa["pre_y"], pa["pre_x"]) == (128 + 13, 88 - 41, 28 + 23)
     assert pa["score"] == 0.75 * a.sum()
     pb = p[p["post_z"] != 128][0]
-    # box 3 x 5 x 3 voxels: largest distance 8 nm, first reached at z=12 (z-distance 8), y=26..28, x=21
-    assert (pb["post_z"], pb["post_y"], pb["post_x"]) == (80 + 12 * 8, 40 + 26 * 4, -20 + 21 * 4)
+    # box 3 x 5 x 3 voxels: largest distance 8 nm at z=12..14, y=26..28, x=21; the centroid (13, 27, 21)
+    # is one of them (the old rule, first in (z, y, x) order, took (12, 26, 21))
+    assert (pb["post_z"], pb["post_y"], pb["post_x"]) == (80 + 13 * 8, 40 + 27 * 4, -20 + 21 * 4)
     assert (pb["pre_z"], pb["pre_y"], pb["pre_x"]) == (pb["post_z"] - 16, pb["post_y"] + 8, pb["post_x"] + 100)
     assert pb["score"] == 0.625 * 45
     assert p["id"].tolist() == sorted(partner_id(np.stack([p["post_z"], p["post_y"], p["post_x"]], 1), VS))
@@ -136,7 +137,9 @@ def test_split_by_segment_keeps_touching_post_sites_apart():
     assert len(find_partners(ind, vec, VS, (0, 0, 0), cfg())) == 1
     p = find_partners(ind, vec, VS, (0, 0, 0), cfg(split_by_segment=True), segments=seg)
     assert len(p) == 2
-    assert sorted(p["post_x"].tolist()) == [4 * 9, 4 * 21]  # the EDT maximum of each half (first on ties)
+    # the EDT maximum of each half (8 nm, z-limited: x = 9..18 and 21..30 tie) nearest its centroid (x = 13.5
+    # and 25.5: x = 13 / 14 and 25 / 26 are equally near, the first in C order wins); the old rule took 9 and 21
+    assert sorted(p["post_x"].tolist()) == [4 * 13, 4 * 25]
     assert sorted(p["score"].tolist()) == pytest.approx([0.9 * 2 * 10 * 12] * 2)
     with pytest.raises(ExtractionError, match="shape of the indicator"):
         find_partners(ind, vec, VS, (0, 0, 0), cfg(split_by_segment=True), segments=seg[:, :, :10])
@@ -152,6 +155,42 @@ def test_nms_one_site_per_peak():
     p = find_partners(ind, vec, VS, (0, 0, 0), cfg(method="nms", nms_radius=(40, 40, 40), score_type="max"))
     assert {(int(q["post_z"]), int(q["post_y"]), int(q["post_x"])) for q in p} == {(32, 40, 40), (48, 112, 112)}
     assert p["score"].tolist() == [pytest.approx(0.95)] * 2
+
+
+def post_sites(p):
+    return sorted(tuple(int(q[f"post_{a}"]) for a in "zyx") for q in p)
+
+
+def test_ties_go_to_the_voxel_nearest_the_centroid():
+    # every case has several voxels with the same EDT value / indicator value / plateau value; the old rule
+    # (first in (z, y, x) order) and the new one (nearest the centroid, in nm) differ in each
+    vec = np.zeros((3, 6, 20, 30), np.float32)
+    # cc / edt: a bar of 7 voxels along x (every voxel 4 nm from the outside): its middle voxel, x = 5 + 3
+    ind = np.zeros((6, 20, 30), np.float32)
+    ind[2, 4, 5:12] = 0.9
+    assert post_sites(find_partners(ind, vec, VS, (0, 0, 0), cfg())) == [(16, 16, 4 * 8)]
+    # cc / edt: an L (column y = 10..14 at x = 3, row x = 3..9 at y = 14): all 11 voxels tie (4 nm); the
+    # centroid (y, x) = (13.09, 4.91) voxels; nearest (14, 5)
+    ind = np.zeros((6, 20, 30), np.float32)
+    ind[3, 10:15, 3] = ind[3, 14, 3:10] = 0.9
+    assert post_sites(find_partners(ind, vec, VS, (0, 0, 0), cfg())) == [(24, 14 * 4, 5 * 4)]
+    # cc / edt: a column of 5 voxels along z (z = 1..5) and 2 more along x at z = 5: all tie (4 nm); centroid
+    # (z, x) = (3.57, 12.29) voxels; nearest (4, 12)
+    ind = np.zeros((6, 20, 30), np.float32)
+    ind[1:6, 8, 12] = ind[5, 8, 13:15] = 0.9
+    assert post_sites(find_partners(ind, vec, VS, (0, 0, 0), cfg())) == [(4 * 8, 8 * 4, 12 * 4)]
+    # loc_type = max: an indicator maximum shared by 5 voxels (y = 4..8) of a box with centroid (2, 6.5, 11.5):
+    # y = 6 and 7 are equally near, the first in C order wins
+    ind = np.zeros((6, 20, 30), np.float32)
+    ind[1:4, 2:12, 10:14] = 0.6
+    ind[2, 4:9, 11] = 0.8
+    assert post_sites(find_partners(ind, vec, VS, (0, 0, 0), cfg(loc_type="max"))) == [(16, 6 * 4, 11 * 4)]
+    # nms: a plateau of 5 voxels along x: its middle voxel
+    ind = np.zeros((6, 20, 30), np.float32)
+    ind[2:5, 7:12, 10:19] = 0.6
+    ind[3, 9, 12:17] = 0.95
+    p = find_partners(ind, vec, VS, (0, 0, 0), cfg(method="nms", nms_radius=(40, 40, 40), score_type="max"))
+    assert post_sites(p) == [(24, 36, 14 * 4)]
 
 
 # --------------------------------------------------------------------------------------
