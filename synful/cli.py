@@ -178,10 +178,13 @@ def _run_export(args) -> int:
 
 
 def _add_map_skeletons(sub):
-    p = sub.add_parser("map-skeletons", help="give a run's partners pre/post skeleton ids from SWC skeletons "
-                                             "and the segmentation (Synful's synapse mapping; idempotent)")
+    p = sub.add_parser("map-skeletons", help="give a run's partners pre/post skeleton ids from skeletons (SWC or "
+                                             "synful_fafb JSON) and the segmentation (Synful's synapse mapping; "
+                                             "blockwise, idempotent)")
     p.add_argument("predict_dir", metavar="PREDICT_DIR", help="prediction setup directory (its result collection)")
-    p.add_argument("--skeletons", required=True, metavar="DIR", help="directory of <skeleton_id>.swc files (nm)")
+    p.add_argument("--skeletons", required=True, metavar="PATH",
+                   help="directory of <skeleton_id>.swc / <skeleton_id>.json files, or one JSON node-list file "
+                        "(synful_fafb gt_skeletons: neuron_id = skeleton id); nm")
     p.add_argument("--seg-container", help="segmentation container (default: [Extraction] seg_container)")
     p.add_argument("--seg-dataset", help="segmentation dataset (default: [Extraction] seg_dataset)")
     p.add_argument("--distance-upper-bound", type=float, metavar="NM",

@@ -21,7 +21,10 @@ to the skeleton whose nodes lie in the site's segment.
 
 Skeletons are SWC files ``<skeleton_id>.swc`` in a directory (``id type x y z
 radius parent`` per line, ``#`` comments, coordinates in nm x, y, z; converted
-to (z, y, x) on reading).
+to (z, y, x) on reading), JSON node lists ``<skeleton_id>.json`` there, or one
+JSON node-list file of synful_fafb's ``gt_skeletons`` format (``{"id",
+"position": [z, y, x], "parent_id", "neuron_id"}`` per node, nm; the
+``neuron_id`` is the skeleton id); see :func:`read_skeletons`.
 
 :func:`map_partners` is arrays in, arrays out.  :func:`map_run` maps a result
 store blockwise (daisy, ``block_shape`` nm over the segmentation's ROI):
@@ -86,27 +89,53 @@ class Skeletons:
         return f"Skeletons({len(np.unique(self.skeleton_ids))} skeletons, {len(self)} nodes)"
 
 
-def read_skeletons(directory) -> Skeletons:
-    """All ``<skeleton_id>.swc`` files of ``directory`` (the file stem is the integer skeleton id)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MappingError(f"{directory}: skeleton directory not found")
+def _check_skel_id(skel_id: int, where) -> int:
+    if skel_id == NO_ID:
+        raise MappingError(f"{where}: skeleton id {NO_ID} is reserved for 'no skeleton'")
+    return skel_id
+
+
+def read_skeletons(source) -> Skeletons:
+    """All skeletons of ``source``: a directory of ``<skeleton_id>.swc`` and/or ``<skeleton_id>.json`` files
+    (the file stem is the integer skeleton id), or one JSON node-list file of synful_fafb's ``gt_skeletons``
+    format holding several neurons (each node's ``neuron_id`` is its skeleton id)."""
+    from .io.skeletons import _read_node_list, read_skeleton_json
+
+    source = Path(source)
     ids, positions = [], []
-    for f in sorted(directory.glob("*.swc")):
-        try:
-            skel_id = int(f.stem)
-        except ValueError:
-            raise MappingError(f"{f}: file name must be <skeleton_id>.swc with an integer id") from None
-        if skel_id == NO_ID:
-            raise MappingError(f"{f}: skeleton id {NO_ID} is reserved for 'no skeleton'")
-        try:
-            pos = read_swc(f).positions
-        except SkeletonError as e:
-            raise MappingError(str(e)) from None
-        ids.append(np.full(len(pos), skel_id, dtype=np.int64))
-        positions.append(pos)
+    try:
+        if source.is_file() and source.suffix.lower() == ".json":
+            nodes = _read_node_list(source)
+            by_neuron: dict[int, list] = {}
+            for k, d in enumerate(nodes):
+                try:
+                    nid = int(d["neuron_id"])
+                except (KeyError, TypeError, ValueError):
+                    raise MappingError(f"{source}: node {k}: needs an integer neuron_id (the skeleton id)") from None
+                by_neuron.setdefault(_check_skel_id(nid, f"{source}: node {k}"), []).append(d)
+            for nid in sorted(by_neuron):
+                pos = read_skeleton_json(source, nid).positions
+                ids.append(np.full(len(pos), nid, dtype=np.int64))
+                positions.append(pos)
+        elif source.is_dir():
+            seen: dict[int, Path] = {}
+            for f in sorted([*source.glob("*.swc"), *source.glob("*.json")]):
+                try:
+                    skel_id = _check_skel_id(int(f.stem), f)
+                except ValueError:
+                    raise MappingError(f"{f}: file name must be <skeleton_id>{f.suffix} with an integer id") from None
+                if skel_id in seen:
+                    raise MappingError(f"{f}: skeleton {skel_id} is also in {seen[skel_id].name}")
+                seen[skel_id] = f
+                pos = (read_swc(f) if f.suffix == ".swc" else read_skeleton_json(f, skel_id)).positions
+                ids.append(np.full(len(pos), skel_id, dtype=np.int64))
+                positions.append(pos)
+        else:
+            raise MappingError(f"{source}: skeleton directory not found (nor a JSON node-list file)")
+    except SkeletonError as e:
+        raise MappingError(str(e)) from None
     if not ids:
-        raise MappingError(f"{directory}: no .swc skeleton files")
+        raise MappingError(f"{source}: no .swc or .json skeleton files")
     return Skeletons(np.concatenate(ids), np.concatenate(positions))
 
 

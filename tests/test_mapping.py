@@ -305,3 +305,32 @@ def test_block_boundary_nearest_node_in_the_neighbour_block(store, tmp_path):
     assert stats["blocks"] == 9
     got = store.query()
     assert got["post_skel_id"].tolist() == [7, 7] and got["pre_skel_id"].tolist() == [9, 8]
+
+
+def test_json_node_list_skeletons_map_like_swc(tmp_path):
+    """synful_fafb's gt_skeletons format: one file of several neurons (neuron_id = skeleton id), or <id>.json
+    files in a folder (also beside .swc files); the mapping is the same as from the SWC files."""
+    import json
+
+    seg = _segmentation(tmp_path)
+    nodes, k = [], 0
+    for skel_id, pts in NODES.items():
+        for i, pt in enumerate(pts):
+            k += 1
+            nodes.append({"id": k, "position": list(pt), "neuron_id": skel_id, "parent_id": k - 1 if i else None})
+    (tmp_path / "gt_skeletons.json").write_text(json.dumps(nodes))
+    want = map_partners(_partners(), read_skeletons(_write_swc(tmp_path / "swc")), seg, distance_upper_bound=80)
+    one_file = read_skeletons(tmp_path / "gt_skeletons.json")
+    np.testing.assert_array_equal(map_partners(_partners(), one_file, seg, distance_upper_bound=80), want)
+    mixed = tmp_path / "mixed"
+    _write_swc(mixed, {7: NODES[7], 11: NODES[11]})
+    for skel_id in (12, 20):
+        (mixed / f"{skel_id}.json").write_text(json.dumps([n for n in nodes if n["neuron_id"] == skel_id]))
+    np.testing.assert_array_equal(map_partners(_partners(), read_skeletons(mixed), seg, distance_upper_bound=80), want)
+    (mixed / "7.json").write_text(json.dumps([n for n in nodes if n["neuron_id"] == 7]))
+    with pytest.raises(MappingError, match=r"7\.(swc|json): skeleton 7 is also in 7\.(json|swc)"):
+        read_skeletons(mixed)
+    del nodes[0]["neuron_id"]
+    (tmp_path / "bad.json").write_text(json.dumps(nodes))
+    with pytest.raises(MappingError, match=r"bad.json: node 0: needs an integer neuron_id"):
+        read_skeletons(tmp_path / "bad.json")
