@@ -73,6 +73,10 @@ def _add_evaluate(sub):
     p.add_argument("target", help="evaluation JSON config, or a prediction setup directory (its [Evaluation])")
     p.add_argument("--out", help="results directory (default: <config stem>_evaluation beside the JSON, "
                                  "or <setup>/evaluation)")
+    p.add_argument("--calibration", metavar="VALIDATION", default=None,
+                   help="calibrate on validation, report on test: a validation prediction run (or its evaluation "
+                        "folder or summary.json); the score threshold with its best f-score (the lowest on a tie) is "
+                        "applied unchanged, and the results record it, the file and its SHA-256")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -83,9 +87,17 @@ def _run_evaluate(args) -> int:
 
     target = Path(args.target)
     if target.is_dir():
-        results, out_dir = evaluate_run(target, args.out)
+        results, out_dir = evaluate_run(target, args.out, calibration=args.calibration)
     else:
-        results, out_dir = evaluate_config(target, args.out)
+        results, out_dir = evaluate_config(target, args.out, calibration=args.calibration)
+    if args.calibration is not None:
+        c, r = results[0]["calibration"], results[0]
+        print(f"score_thr {c['score_thr']:g} chosen on validation ({c['source']}, fscore {c['validation_fscore']:.4f} "
+              f"there; sha256 {c['sha256'][:12]})")
+        print(f"at it: fscore {r['fscore']:.4f} precision {r['precision']:.4f} recall {r['recall']:.4f} "
+              f"(tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']}; matching = {r['matching']}); "
+              f"results in {out_dir}")
+        return 0
     for r in results:
         print(f"score_thr {r['score_thr']:g}: fscore {r['fscore']:.4f} precision {r['precision']:.4f} "
               f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})")
@@ -312,9 +324,13 @@ def _run_demo(args) -> int:
 
         saved = save_model(Path(best["run_dir"]).parent.parent / "02_train" / "setup_t0", out_dir=args.save_model)
         print(f"saved model {saved}")
-    print(f"demo: best score threshold {best['score_thr']:g}: precision {best['precision']:.3f} "
-          f"recall {best['recall']:.3f} fscore {best['fscore']:.3f} "
-          f"(tp {best['tpcount']}, fp {best['fpcount']}, fn {best['fncount']}; matching = {best['matching']})")
+    for r in (best, best["location"]):
+        c = r["calibration"]
+        print(f"demo: score threshold {c['score_thr']:g} chosen on the validation volume (fscore "
+              f"{c['validation_fscore']:.3f} there; matching = {r['matching']})")
+        print(f"demo: test volume at that threshold: precision {r['precision']:.3f} recall {r['recall']:.3f} "
+              f"fscore {r['fscore']:.3f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']}; "
+              f"matching = {r['matching']})")
     print(f"precision-recall curve: {best['pr_curve_png']}")
     print(f"slices with partners:   {best['slices_png']}")
     return 0

@@ -252,6 +252,12 @@ class Evaluation:
                                     "(none, distance only), segment (pre_seg_id and post_seg_id, both sides from one "
                                     "segmentation) or skeleton (pre_skel_id and post_skel_id; needed by skeleton_ids)",
                         choices=MATCHING_MODES)
+    matching_seg_container: Optional[str] = key(None, "matching = segment: the segmentation (usually the ground "
+                                                      "truth's neuron labels) in which the predictions' pre and post "
+                                                      "segment ids are looked up for matching only (filters keep the "
+                                                      "predictions' own ids); None: the ids the predictions carry",
+                                                path=True)
+    matching_seg_dataset: str = key("volumes/labels/neuron_ids", "dataset of matching_seg_container")
     score_thresholds: list[float] = key([0.0], "score thresholds to sweep (keep score >= threshold)")
     matching_threshold: float = key(400.0, "maximal matching distance, nm", minimum=0)
     matching_threshold_only_pre: bool = key(False, "match on pre-site distance only")
@@ -628,6 +634,9 @@ def check_evaluation(settings: Evaluation, source: str) -> Evaluation:
     if settings.skeleton_ids is not None and settings.matching != "skeleton":
         raise ConfigError(f"{source} matching: skeleton_ids (the FAFB per-neuron protocol) needs matching = "
                           f"skeleton, got {settings.matching}")
+    if settings.matching_seg_container is not None and settings.matching != "segment":
+        raise ConfigError(f"{source} matching_seg_container: looks up segment ids for matching = segment, got "
+                          f"matching = {settings.matching}")
     if settings.filter_redundant and settings.filter_redundant_dist_type == "geodesic":
         if settings.skeleton_ids is None:
             raise ConfigError(f"{source} filter_redundant_dist_type: geodesic measures along each evaluated neuron's "

@@ -64,6 +64,29 @@ outputs with ``only_output_synapses``: pre skeleton id) are filtered and
 matched on their own; tp, fp, fn, predcount and gtcount are summed over
 neurons, so a link between two listed neurons counts under each of them.
 Precision, recall and f-score come from the sums (0 where undefined).
+
+Segment matching with a segmentation of one's own: predictions extracted
+with a segmentation other than the ground truth's (e.g. the watershed of
+:mod:`synful.segment`) carry ids that cannot be compared with the ground
+truth's.  ``matching_seg_container`` / ``matching_seg_dataset`` name the
+segmentation (the ground truth's neuron labels) in which the predicted pre
+and post sites are looked up *for matching only*: a prediction then matches
+when its sites lie in the ground-truth partner's neurons, while the filters
+keep using the ids the extraction wrote.  Evaluation may read the ground
+truth; extraction never needs to.
+
+Calibrate on validation, report on test (:func:`read_calibration`,
+``synful evaluate TEST_RUN --calibration VALIDATION``): the score threshold
+with the highest f-score in a validation run's sweep (the lowest such
+threshold on a tie) is applied unchanged to the test run, which is evaluated
+at that one threshold.  The validation results must come from a sweep (not
+from a calibrated evaluation) with the same metric settings (every
+[Evaluation] key except paths and ``score_thresholds``) and, when both runs
+record them, the same extraction settings (every [Extraction] key except
+paths, segmentation and store); a calibration from the run itself is
+refused.  The test results record the chosen threshold, the validation
+f-score there, the validation results file and its SHA-256 under
+``calibration``.  This is how Synful's grid searches were reported.
 """
 
 from __future__ import annotations
@@ -106,6 +129,7 @@ __all__ = [
     "evaluate_config",
     "evaluate_run",
     "results_filename",
+    "read_calibration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -558,7 +582,8 @@ def _scores(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_ids: Optional[Sequence[int]] = None,
              score_thresholds: Optional[Sequence[float]] = None, *, where: str = "matching",
-             sources: tuple[str, str] = ("predictions", "ground truth"), skeletons=None) -> list[dict]:
+             sources: tuple[str, str] = ("predictions", "ground truth"), skeletons=None,
+             match_seg_ids: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[dict]:
     """Filter, match and score ``pred`` against ``gt`` for every score threshold.
 
     ``pred``, ``gt``: PARTNER_DTYPE arrays (nm, (z, y, x)), checked by
@@ -579,6 +604,12 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     Skeletons come from ``skeletons`` (a mapping or callable skeleton id ->
     :class:`synful.io.skeletons.Skeleton`) or else from the files
     ``settings.skeletons`` names (:func:`synful.io.skeletons.load_skeleton`).
+
+    ``match_seg_ids`` (``matching = segment`` only): (pre ids, post ids), one
+    per prediction, compared with the ground truth's ids *instead of* the
+    predictions' own ``pre_seg_id`` / ``post_seg_id`` (e.g. the ground-truth
+    neuron ids at the predicted sites, ``matching_seg_container``); the filters
+    still use the predictions' own ids.
 
     Loading, grouping and the candidate pairs (KD-trees) are computed once and
     shared by all thresholds.  Returns one dict per threshold, in the given
@@ -609,7 +640,18 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
         if skeletons is None and settings.skeletons is None:
             raise EvaluationError("skeletons: filter_redundant_dist_type = geodesic needs skeleton files (a folder "
                                   "of <skeleton_id>.swc / .json files, or one JSON node list)")
-    missing = check_inputs(pred, gt, settings, where=where, sources=sources)
+    matched = pred
+    if match_seg_ids is not None:
+        if settings.matching != "segment":
+            raise EvaluationError(f"{where}: match_seg_ids (segment ids for matching) need matching = segment, got "
+                                  f"{settings.matching}")
+        matched = pred.copy()
+        for f, ids in zip(_ID_FIELDS["seg"], match_seg_ids):
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if len(ids) != len(pred):
+                raise EvaluationError(f"{where}: match_seg_ids: {len(ids)} ids for {len(pred)} predictions")
+            matched[f] = ids
+    missing = check_inputs(matched, gt, settings, where=where, sources=sources)
     id_type = _MODE_IDS[settings.matching]
 
     # one pass shared by all thresholds and neurons
@@ -618,7 +660,7 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     cand = pred[pidx]
     red_edges = (_redundancy_edges(cand, settings) if settings.filter_redundant and not geodesic
                  else np.empty((0, 2), np.int64))
-    mi, mj, mc = _match_edges(cand, gt, settings, id_type)
+    mi, mj, mc = _match_edges(matched[pidx], gt, settings, id_type)
     score = cand["score"]
     t = float(settings.matching_threshold)
 
@@ -815,30 +857,41 @@ def _log_matching(settings: Evaluation, ids: dict) -> None:
                     "ids from %s, ground truth's from %s", ids["predictions"], ids["ground_truth"])
 
 
-def evaluate_config(path, out_dir=None) -> tuple[list[dict], Path]:
+def evaluate_config(path, out_dir=None, calibration=None) -> tuple[list[dict], Path]:
     """Evaluate what an evaluation JSON config names; write the results into ``out_dir``.
 
     ``out_dir`` defaults to ``<config folder>/<config stem>_evaluation``.
     Every results file records ``matching`` and, under
     ``inputs.segment_ids``, where each side's segment ids came from.
+    ``calibration``: validation results (:func:`read_calibration`) whose
+    chosen score threshold replaces ``score_thresholds``.
     Returns (per-threshold results, out_dir).
     """
     path = Path(path)
     settings = read_evaluation_json(path)
+    calib = None
+    if calibration is not None:
+        calib = read_calibration(calibration, settings)
+        settings = dataclasses.replace(settings, score_thresholds=[calib["score_thr"]])
     pred = read_partners(settings.pred_synlinks)
     gt = read_ground_truth(settings.gt_synlinks)
     skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
     ids = {"predictions": _file_ids(settings.pred_synlinks), "ground_truth": _file_ids(settings.gt_synlinks)}
+    match_ids = _matching_seg_ids(settings, pred, gt, ids["ground_truth"], f"{path} matching", ids)
     _log_matching(settings, ids)
     start = time.perf_counter()
     results = evaluate(pred, gt, settings, skel, where=f"{path} matching",
-                       sources=(settings.pred_synlinks, settings.gt_synlinks))
+                       sources=(settings.pred_synlinks, settings.gt_synlinks), match_seg_ids=match_ids)
     seconds = time.perf_counter() - start
+    extra = {}
+    if calib is not None:
+        results = [{**r, "calibration": calib} for r in results]
+        extra["calibration"] = calib
     if out_dir is None and settings.results_dir is not None:
         out_dir = settings.results_dir
     out_dir = Path(out_dir) if out_dir is not None else path.parent / f"{path.stem}_evaluation"
     write_results(results, out_dir, inputs=_inputs_info(settings, pred, gt, skel, seconds, config=str(path.resolve()),
-                                                        segment_ids=ids),
+                                                        segment_ids=ids, **extra),
                   title=path.stem)
     return results, out_dir
 
@@ -931,7 +984,7 @@ def _check_same_segmentation(gt: np.ndarray, seg: tuple[str, str], gt_ids: str, 
     return f"ground-truth ids equal {seg[0]}/{seg[1]} at all {checked} ground-truth sites inside it"
 
 
-def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
+def evaluate_run(predict_dir, out_dir=None, calibration=None, overrides: dict | None = None) -> tuple[list[dict], Path]:
     """Evaluate a prediction run (``03_predict/setup_t<T>_p<P>``) with its [Evaluation] section.
 
     Predictions: ``pred_synlinks`` if set, else the run's result collection
@@ -945,7 +998,15 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
     ground-truth site inside it, else :class:`EvaluationError`.  Results go to
     ``out_dir`` (default ``<predict_dir>/evaluation``); each file records
     ``matching`` and, under ``inputs.segment_ids``, where each side's ids came
-    from.  Returns (results, out_dir).
+    from.  ``matching_seg_container`` set: the predictions' sites are looked up
+    there for matching, and the ground truth's ids are checked against it
+    instead (module doc).  ``calibration``: validation results
+    (:func:`read_calibration`: a prediction run, its evaluation folder or its
+    ``summary.json``) whose chosen score threshold replaces
+    ``score_thresholds``; the results record it under ``calibration``.
+    ``overrides``: [Evaluation] keys replaced for this evaluation only (e.g.
+    ``{"matching": "location"}``), checked like the ini's.
+    Returns (results, out_dir).
     """
     predict_dir = Path(predict_dir).resolve()
     ini = predict_dir / "predict_config.ini"
@@ -953,6 +1014,16 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
         raise EvaluationError(f"{predict_dir}: not a prediction setup (no predict_config.ini)")
     cfg = read_predict_config(ini)  # includes the [Evaluation] cross-key checks
     settings = cfg.evaluation
+    if overrides:
+        try:
+            settings = check_settings(dataclasses.replace(settings, **overrides), f"{ini} [Evaluation] (overridden)")
+        except TypeError as e:
+            raise EvaluationError(f"evaluate_run overrides: {e}") from None
+    calib = None
+    if calibration is not None:
+        calib = read_calibration(calibration, settings, predict_dir=predict_dir,
+                                 extraction=_run_extraction_config(predict_dir, cfg.extraction))
+        settings = dataclasses.replace(settings, score_thresholds=[calib["score_thr"]])
     seg = None
     if settings.pred_synlinks is not None:
         pred = read_partners(settings.pred_synlinks)
@@ -975,13 +1046,19 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
         gt, gt_source, gt_ids = _run_ground_truth(cfg.prediction, f"{ini} [Evaluation] gt_synlinks")
     ids = {"predictions": pred_ids, "ground_truth": gt_ids}
     where = f"{ini} [Evaluation] matching"
-    if settings.matching == "segment" and seg is not None and len(gt):
+    match_ids = _matching_seg_ids(settings, pred, gt, gt_ids, where, ids)
+    if match_ids is None and settings.matching == "segment" and seg is not None and len(gt):
         ids["check"] = _check_same_segmentation(gt, seg, gt_ids, where)
     _log_matching(settings, ids)
     skel = read_skeleton_ids(settings.skeleton_ids) if settings.skeleton_ids else None
     start = time.perf_counter()
-    results = evaluate(pred, gt, settings, skel, where=where, sources=(pred_source, gt_source))
+    results = evaluate(pred, gt, settings, skel, where=where, sources=(pred_source, gt_source),
+                       match_seg_ids=match_ids)
     seconds = time.perf_counter() - start
+    extra = {}
+    if calib is not None:
+        results = [{**r, "calibration": calib} for r in results]
+        extra["calibration"] = calib
     try:
         from .scaffold import run_ids
 
@@ -993,5 +1070,130 @@ def evaluate_run(predict_dir, out_dir=None) -> tuple[list[dict], Path]:
     out_dir = Path(out_dir) if out_dir is not None else predict_dir / "evaluation"
     write_results(results, out_dir, title=title,
                   inputs=_inputs_info(settings, pred, gt, skel, seconds, predictions=pred_source,
-                                      ground_truth=gt_source, run=title, segment_ids=ids))
+                                      ground_truth=gt_source, run=title, predict_dir=str(predict_dir),
+                                      extraction=_run_extraction_config(predict_dir, cfg.extraction),
+                                      segment_ids=ids, **extra))
     return results, out_dir
+
+
+def _matching_seg_ids(settings: Evaluation, pred: np.ndarray, gt: np.ndarray, gt_ids: str, where: str,
+                      ids: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The predictions' (pre, post) ids in ``matching_seg_container`` (None when unset); checks the ground truth's
+    ids against it and records both in ``ids``."""
+    if settings.matching != "segment" or settings.matching_seg_container is None:
+        return None
+    from .io.volumes import lookup_ids, open_volume
+
+    seg = (str(settings.matching_seg_container), settings.matching_seg_dataset)
+    try:
+        labels = open_volume(*seg)
+    except SynfulError as e:
+        raise EvaluationError(f"{where.rsplit(' ', 1)[0]} matching_seg_container: cannot open it: {e}") from None
+    found = tuple(lookup_ids(labels, _sites(pred, prefix)) for prefix in ("pre", "post"))
+    ids["matching"] = (f"{seg[0]}/{seg[1]} (matching_seg_container: the predictions' ids for matching, looked up "
+                       f"at their sites; filters use {ids['predictions']})")
+    if len(gt):
+        ids["check"] = _check_same_segmentation(gt, seg, gt_ids, where)
+    return found
+
+
+#: [Evaluation] keys a calibration run may differ in (per-volume paths, the sweep itself, no-op keys)
+_CALIBRATION_FREE = frozenset({f.name for f in dataclasses.fields(Evaluation) if f.metadata.get("path")}
+                              | {"score_thresholds", "matching_seg_dataset", "multiprocess", "roi_file", "syn_dir"})
+#: [Extraction] keys a calibration run may differ in (its segmentation, store and input scales)
+_CALIBRATION_FREE_EXTRACTION = frozenset({"seg_container", "seg_dataset", "store_url", "database", "collection",
+                                          "credentials_file", "credentials_env"})
+
+
+def _run_extraction_config(predict_dir: Path, extraction) -> dict:
+    """The [Extraction] a run's partners came from: its extraction summary's, else the config's."""
+    summary = predict_dir / "extraction_summary.json"
+    if summary.is_file():
+        try:
+            used = json.loads(summary.read_text()).get("config")
+            if isinstance(used, dict):
+                return used
+        except (OSError, ValueError, AttributeError):
+            pass
+    return json.loads(json.dumps(to_dict(extraction)))
+
+
+def _calibration_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if (path / "predict_config.ini").is_file():
+        try:
+            results_dir = read_predict_config(path / "predict_config.ini").evaluation.results_dir
+        except ConfigError:
+            results_dir = None
+        return Path(results_dir) / "summary.json" if results_dir else path / "evaluation" / "summary.json"
+    return path / "summary.json"
+
+
+def read_calibration(path, settings: Evaluation, *, predict_dir=None, extraction: dict | None = None) -> dict:
+    """The score threshold chosen on validation results, checked against the run it will be applied to.
+
+    ``path``: a validation prediction run (its ``evaluation/summary.json``),
+    an evaluation folder, or a ``summary.json`` written by
+    :func:`write_results`.  The choice: the highest f-score of its sweep, the
+    lowest threshold on a tie.  Refused (:class:`EvaluationError`) when the
+    file is missing, holds no sweep, is itself a calibrated evaluation, was
+    evaluated with other metric settings than ``settings`` (any [Evaluation]
+    key but paths and ``score_thresholds``), was extracted with other
+    settings than ``extraction`` (the target run's [Extraction], when both are
+    known; paths, segmentation and store aside), or is ``predict_dir``'s own.
+
+    Returns ``{"score_thr", "validation_fscore", "validation_precision",
+    "validation_recall", "rule", "source", "sha256", "validation_run"}``.
+    """
+    import hashlib
+
+    path = Path(path)
+    file = _calibration_file(path)
+    if not file.is_file():
+        raise EvaluationError(f"{path}: calibration: no evaluation results ({file} not found); run `synful evaluate` "
+                              f"on the validation run first")
+    raw = file.read_bytes()
+    try:
+        summary = json.loads(raw)
+    except ValueError as e:
+        raise EvaluationError(f"{file}: calibration: not a JSON results summary ({e})") from None
+    sweep = summary.get("sweep") if isinstance(summary, dict) else None
+    if not isinstance(sweep, list) or not sweep or not all(
+            isinstance(r, dict) and isinstance(r.get("fscore"), (int, float))
+            and isinstance(r.get("score_thr"), (int, float)) for r in sweep):
+        raise EvaluationError(f"{file}: calibration: holds no results sweep (a summary.json of `synful evaluate`)")
+    inputs = summary.get("inputs") or {}
+    if summary.get("calibration") is not None or inputs.get("calibration") is not None:
+        raise EvaluationError(f"{file}: calibration: these results are themselves a calibrated evaluation at one "
+                              f"threshold; calibrate on a validation sweep")
+    theirs = summary.get("settings")
+    if not isinstance(theirs, dict):
+        raise EvaluationError(f"{file}: calibration: records no evaluation settings")
+    ours = to_dict(settings)
+    for k in sorted(ours):
+        if k in _CALIBRATION_FREE:
+            continue
+        a, b = json.loads(json.dumps(ours[k])), theirs.get(k)
+        if a != b:
+            raise EvaluationError(f"{file}: calibration: evaluated with {k} = {json.dumps(b)}, this evaluation has "
+                                  f"{k} = {json.dumps(a)}; a threshold only carries over under the same metric")
+    val_run = inputs.get("predict_dir")
+    if predict_dir is not None and val_run is not None and Path(val_run).resolve() == Path(predict_dir).resolve():
+        raise EvaluationError(f"{file}: calibration: these are the results of {predict_dir} itself; calibrate on a "
+                              f"validation run")
+    their_ex = inputs.get("extraction")
+    if extraction is not None and isinstance(their_ex, dict):
+        for k in sorted(extraction):
+            if k in _CALIBRATION_FREE_EXTRACTION:
+                continue
+            if json.loads(json.dumps(extraction[k])) != their_ex.get(k):
+                raise EvaluationError(f"{file}: calibration: the validation run was extracted with {k} = "
+                                      f"{json.dumps(their_ex.get(k))}, this run with {k} = "
+                                      f"{json.dumps(extraction[k])}; extract both with the same settings")
+    best = max(sweep, key=lambda r: (r["fscore"], -r["score_thr"]))
+    return {"score_thr": float(best["score_thr"]), "validation_fscore": best["fscore"],
+            "validation_precision": best.get("precision"), "validation_recall": best.get("recall"),
+            "rule": "highest validation f-score, lowest threshold on a tie",
+            "source": str(file.resolve()), "sha256": hashlib.sha256(raw).hexdigest(), "validation_run": val_run,
+            "validation_thresholds": [r["score_thr"] for r in sweep]}
