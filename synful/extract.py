@@ -218,9 +218,10 @@ def _segment_min_pass(line, t, lab, g, spacing: float):
 
     ``line`` numbers the lines along the axis (the other two coordinates), ``t`` is the coordinate along it;
     the voxels come in C order, so within a line ``t`` ascends and a stable sort by ``line`` lines them up.
-    A segment is a maximal set of voxels of one line with consecutive ``t`` and one label.  Per voxel: min over its segment's voxels j of
-    g[j] + (spacing (t - t_j))^2 and over the two positions just outside the segment (g = 0 there: another
-    label, background or outside the array).
+    A segment is a maximal set of voxels of one line with consecutive ``t`` and one label.  Per voxel: min
+    over its segment's voxels j of g[j] + (spacing (t - t_j))^2 and over the two positions just outside the
+    segment (g = 0 there: another label, background or outside the array).  Voxels j are visited at growing
+    distance k, and a voxel stops once (spacing k)^2 reaches its current minimum.
     """
     n = len(line)
     if not n:
@@ -236,13 +237,13 @@ def _segment_min_pass(line, t, lab, g, spacing: float):
     pos = np.arange(n) - starts[seg]
     to_end = np.minimum(pos + 1, length[seg] - pos)  # distance (voxels) to the nearest position outside
     best = np.minimum(gs, (spacing * to_end.astype(np.float64)) ** 2)
-    active = np.flatnonzero(to_end > 1)
+    active = np.flatnonzero((to_end > 1) & (best > spacing ** 2))
     k = 1
     while len(active):
         step = (spacing * k) ** 2
         best[active] = np.minimum(best[active], np.minimum(gs[active - k], gs[active + k]) + step)
         k += 1
-        active = active[to_end[active] > k]
+        active = active[(to_end[active] > k) & (best[active] > (spacing * k) ** 2)]
     out = np.empty(n, dtype=np.float64)
     out[order] = best
     return out
@@ -251,7 +252,7 @@ def _segment_min_pass(line, t, lab, g, spacing: float):
 def _sparse_sq_edt(fg: np.ndarray, lab: np.ndarray, shape, voxel_size, runs) -> np.ndarray:
     """Squared Euclidean distance (nm^2, float64) of each voxel of ``fg`` to the nearest voxel outside its
     component (another label, background or outside the array): exact, separable (x from the runs, then
-    y and z over segments of the voxels themselves); integers in float64, so ties are exact.
+    z and y over segments of the voxels themselves); integers in float64, so ties are exact.
 
     Equals the EDT of the component's bounding box padded by one outside voxel (what compat = none defined):
     the nearest outside voxel beyond the padded box is never nearer than its projection onto the padding.
@@ -265,8 +266,10 @@ def _sparse_sq_edt(fg: np.ndarray, lab: np.ndarray, shape, voxel_size, runs) -> 
     zy = fg // x_len
     y, z = zy % y_len, zy // y_len
     small = np.int32 if max(z_len, y_len) * x_len < 2 ** 31 else np.int64
-    g = _segment_min_pass((z * x_len + x).astype(small), y, lab, g, vy)  # along y: lines (z, x)
+    # z before y: z segments are short, and their coarse spacing caps most values early, which ends the
+    # search along y sooner (the passes commute)
     g = _segment_min_pass((y * x_len + x).astype(small), z, lab, g, vz)  # along z: lines (y, x)
+    g = _segment_min_pass((z * x_len + x).astype(small), y, lab, g, vy)  # along y: lines (z, x)
     return g
 
 
