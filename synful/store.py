@@ -47,6 +47,7 @@ URLs are only ever shown with their user info removed (:func:`redact_url`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -797,10 +798,30 @@ class MongoStore(Store):
         docs = self._guard("query", lambda: list(self._col.find(filt, proj)))
         return self._docs_to_partners(docs)
 
+    def _ensure_id_index(self) -> None:
+        """The index on ``id`` that paging needs (collections of older synful versions lack it): made once,
+        if the user may; otherwise every page scans the collection, which is slow but correct."""
+        from pymongo.errors import OperationFailure
+
+        if getattr(self, "_id_index_checked", False):
+            return
+        names = self._guard("listing collections", self._client[self.database].list_collection_names)
+        if self.collection not in names:
+            return  # nothing to page through; reading must not create the collection
+        try:
+            self._guard("indexing id", self._col.create_index, "id")
+        except StoreError as e:
+            if not isinstance(e.__context__, OperationFailure) and "OperationFailure" not in str(e):
+                raise
+            logging.getLogger(__name__).warning("%s: no index on id (%s); paging through the partners scans the "
+                                                "collection for every batch", self.collection, e)
+        self._id_index_checked = True
+
     def iter_batches(self, batch_rows: int = 100_000, roi=None, *, site: str = "post") -> Iterator[np.ndarray]:
         import pymongo
 
         batch_rows = _check_batch_rows(batch_rows)
+        self._ensure_id_index()
         proj = {f: 1 for f in PARTNER_FIELDS}
         last = None
         while True:

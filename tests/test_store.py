@@ -259,3 +259,33 @@ def test_set_skel_ids_one_side_at_a_time(store):
     assert store.query()["pre_skel_id"][0] == NO_ID and store.query()["post_skel_id"][0] == 4
     with pytest.raises(StoreError, match="2 post skeleton ids for 1"):
         store.set_skel_ids([1], post_skel_ids=[1, 2])
+
+
+def test_mongodb_paging_indexes_id_of_older_collections(mongodb_url, monkeypatch):
+    import pymongo
+    from pymongo.collection import Collection
+
+    made = []
+    create_index = Collection.create_index
+    monkeypatch.setattr(Collection, "create_index", lambda self, keys, **kw: made.append((self.name, keys)) or
+                        create_index(self, keys, **kw))
+
+    name = f"partners_{uuid.uuid4().hex[:10]}"
+    s = open_store(mongodb_url, database="synful_test", collection=name)
+    assert list(s.iter_batches(10)) == []  # a missing collection stays missing
+    client = pymongo.MongoClient(mongodb_url)
+    col = client["synful_test"][name]
+    assert name not in client["synful_test"].list_collection_names()
+    p = partners([5, 1, 2 ** 40, 3])
+    col.insert_many([{**r, "_id": r["id"], "block_id": 0} for r in
+                     ({f: (None if int(x[f]) == NO_ID and f.endswith("_id") and f != "id" else x[f].item())
+                       for f in p.dtype.names} for x in p)])  # as an older synful wrote it: no index on id
+    np.testing.assert_array_equal(np.concatenate(list(s.iter_batches(3))), np.sort(p, order="id"))
+    assert made == [(name, "id")]  # once, not per batch (nx-27017 lists no secondary indexes to check instead)
+    keys = [list(ix["key"]) for ix in col.list_indexes()]
+    assert keys == [["_id"]] or ["id"] in keys
+    list(s.iter_batches(3))
+    assert len(made) == 1
+    s.drop()
+    s.close()
+    client.close()
