@@ -49,7 +49,8 @@ def load_results(results_dir=RESULTS) -> dict[str, dict]:
 
 
 def machine_label(result: dict) -> str:
-    """'2-core AMD EPYC, no GPU' or '16-core ..., NVIDIA H100 80GB HBM3': where a result was measured."""
+    """'2-core AMD EPYC, no GPU, load 3.4' or '16-core ..., NVIDIA H100 80GB HBM3, load 0.2': where a result
+    was measured, with the 1-minute load average at its start (above the core count: the machine was shared)."""
     m = result.get("machine") if isinstance(result.get("machine"), dict) else {}
     cores = m.get("cpus_usable") or m.get("cpu_count")
     cpu = f"{cores}-core {m.get('cpu') or 'CPU'}" if cores else (m.get("cpu") or "unknown CPU")
@@ -57,10 +58,11 @@ def machine_label(result: dict) -> str:
     if gpus is None:  # results written before machine_info listed GPUs
         g = result.get("gpu")
         gpus = [d["name"] for d in g["devices"]] if isinstance(g, dict) else []
-    if not gpus:
-        return f"{cpu}, no GPU"
     names = sorted(set(gpus))
-    return f"{cpu}, " + ", ".join(f"{gpus.count(n)} x {n}" if gpus.count(n) > 1 else n for n in names)
+    label = f"{cpu}, " + (", ".join(f"{gpus.count(n)} x {n}" if gpus.count(n) > 1 else n for n in names)
+                          if gpus else "no GPU")
+    load = m.get("load_average")
+    return label + (f", load {load[0]:.1f}" if load else "")
 
 
 def commit_label(result: dict) -> str:
@@ -155,7 +157,7 @@ def projection_text(results: dict[str, dict]) -> str:
     if not gpu_modes:
         text += (f" **No GPU figure has been measured yet** (no result above ran on a GPU): on a GPU node, "
                  f"`python benchmarks/bench_predict.py` measures the steady voxels/s per GPU, and "
-                 f"{per_day:.2g} / that rate gives the GPU-days (10 Mvoxel/s per GPU, say, would mean "
+                 f"{per_day / 1e8:.1f}e8 / that rate gives the GPU-days (10 Mvoxel/s per GPU, say, would mean "
                  f"{per_day / 1e7:.0f} GPU-days, about {per_day / 1e7 / 64:.1f} days on 64 GPUs).")
     return text
 
@@ -167,7 +169,9 @@ def generate(results_dir=RESULTS) -> str:
     t = rows(results)
     parts = [table(t),
              "Commit: the code the figure was measured at; a `+` after it: `synful/` or `benchmarks/` had "
-             "uncommitted changes then. Machine: the CPU cores the benchmark could use, and its GPUs."]
+             "uncommitted changes then. Machine: the CPU cores the benchmark could use, its GPUs, and the 1-minute "
+             "load average when it started (above the core count: other work shared the machine, and the figure is "
+             "likely below a quiet machine's)."]
     if missing:
         parts.append("Not measured yet: " + ", ".join(f"`{n}`" for n in missing) + ".")
     slow = slow_list(t)
