@@ -301,6 +301,36 @@ def _run_show(args) -> int:
     return 0
 
 
+def _add_segment(sub):
+    p = sub.add_parser("segment", help="a neuron segmentation from the raw alone: seeded watershed of the membrane "
+                                       "contrast (for [Extraction] seg_container when there is no segmentation)")
+    p.add_argument("raw_container", metavar="RAW_CONTAINER", help="container holding the raw (zarr/N5)")
+    p.add_argument("out", metavar="OUT", help="zarr container to write the segmentation into (may be RAW_CONTAINER)")
+    p.add_argument("--raw-dataset", default="volumes/raw", help="raw dataset (default volumes/raw)")
+    p.add_argument("--dataset", default=None, help="output dataset (default volumes/segmentation/watershed)")
+    p.add_argument("--sigma-nm", type=float, default=4.0, help="in-plane Gaussian smoothing, nm (default 4)")
+    p.add_argument("--membrane-threshold", type=float, default=140.0,
+                   help="grey value below which a voxel is membrane (default 140)")
+    p.add_argument("--seed-distance-nm", type=float, default=40.0,
+                   help="seeds: voxels farther than this from a membrane, nm (default 40)")
+    p.add_argument("--link-overlap", type=float, default=0.5,
+                   help="merge segments of consecutive sections overlapping by more than this of each (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output written with other parameters")
+    p.set_defaults(func=_run_segment)
+
+
+def _run_segment(args) -> int:
+    from .segment import SEGMENTATION_DATASET, watershed_segmentation
+
+    dataset = args.dataset or SEGMENTATION_DATASET
+    out = watershed_segmentation(args.raw_container, args.out, raw_dataset=args.raw_dataset, out_dataset=dataset,
+                                 sigma_nm=args.sigma_nm, membrane_threshold=args.membrane_threshold,
+                                 seed_distance_nm=args.seed_distance_nm, link_overlap=args.link_overlap,
+                                 overwrite=args.overwrite)
+    print(f"segmentation: {out}/{dataset} (use as [Extraction] seg_container = {out}, seg_dataset = {dataset})")
+    return 0
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the whole workflow on synthetic data: data, scaffold, predict, extract, "
                                     "evaluate (shipped model, or --train)")
@@ -343,6 +373,7 @@ COMMANDS = [
     _add_show,
     _add_train,
     _add_predict,
+    _add_segment,
     _add_extract,
     _add_map_skeletons,
     _add_evaluate,

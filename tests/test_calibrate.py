@@ -185,7 +185,11 @@ def test_watershed_reads_only_the_raw_and_separates_partners(tmp_path):
     pre = lookup_ids(ws, np.stack([gt["pre_z"], gt["pre_y"], gt["pre_x"]], 1))
     post = lookup_ids(ws, np.stack([gt["post_z"], gt["post_y"], gt["post_x"]], 1))
     assert (pre != NO_ID).all() and np.mean(pre != post) >= 0.9, np.mean(pre != post)
-    # reused as is on a second call; other parameters are refused
-    assert watershed_segmentation(only_raw, tmp_path / "ws.zarr") == out
+    # reused as is on a second call (here through the CLI); other parameters are refused
+    r = subprocess.run([sys.executable, "-m", "synful", "segment", str(only_raw), str(tmp_path / "ws.zarr")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"seg_container = {out}, seg_dataset = {SEGMENTATION_DATASET}" in r.stdout
+    assert "reusing" in r.stderr
     with pytest.raises(Exception, match="other parameters"):
         watershed_segmentation(only_raw, tmp_path / "ws.zarr", seed_distance_nm=60.0)
