@@ -229,7 +229,7 @@ def summarize(stage: str, r: dict) -> list[dict]:
             days = round(BRAIN_VOXELS / m["steady"]["voxels_per_second"] / 86400, 1)
             rows.append(_row(stage, f"50 Tvoxel brain at the {mode} steady rate on {m['device']}", days,
                              "device-days", "slow: CPU only, one device" if _on_cpu(mode) else None))
-    elif stage == "extraction":
+    elif stage == "extraction":  # bench_extract.py writes its own rows; this reads its results before 2026-11-26
         for x in r["results"]:
             rows.append(_row(stage, x["implementation"], x["mvoxels_per_s"], "Mvoxel/s"))
         rows.append(_row(stage, "speedup over the per-region baseline", r["speedup"], "x"))

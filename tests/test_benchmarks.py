@@ -54,14 +54,9 @@ def test_quick_run_writes_one_json_with_every_stage(quick_run):
         assert stage["returncode"] == 0 and isinstance(stage["result"], dict), name
         assert (tmp / "st" / f"{name}.json").is_file()  # --stage-dir keeps each script's own JSON
         result = stage["result"]
-        # each script writes its own summary rows (bench_extract.py is being rewritten to write them too;
-        # until then run_all summarises its result)
-        assert "summary" in result or name == "extraction", name
-        rows = [r for r in report["summary"] if r["stage"] == name.removesuffix("_xla")]
-        if "summary" in result:
-            assert all(r in rows for r in result["summary"]), name
-            rows = result["summary"]
+        rows = result["summary"]  # each script writes its own summary rows; run_all collects them
         assert rows, f"no summary rows for {name}"
+        assert all(r in report["summary"] for r in rows), name
         # rates and times are positive; unitless figures (recall, precision) may be 0 after 4 iterations
         assert all(isinstance(r["value"], (int, float)) and (r["value"] > 0 or r["unit"] == "") for r in rows), rows
         assert unit in {r["unit"] for r in rows}, (name, rows)
