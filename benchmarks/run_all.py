@@ -14,7 +14,7 @@ brain's prediction blocks (at the measured empty-block rate with two workers).
 
     python benchmarks/run_all.py [--quick] [--stages prediction store ...] [--out all.json] [--results-dir DIR]
 
-A full run takes about 20 minutes on 2 CPU cores (the learnability stage alone 7 to 9).
+A full run takes about 25 minutes on 2 CPU cores (the learnability stage alone 7 to 9).
 ``--quick`` passes ``--quick`` to every script (small inputs, about a minute in all on 2 CPU cores):
 it checks that the benchmarks run, its figures are not the machine's, and it writes nothing under
 ``benchmarks/results/`` unless ``--results-dir`` says so.  The summary is printed as a Markdown
