@@ -174,11 +174,37 @@ def lookup_segments(segmentation, points_nm, *, chunk_voxels=(64, 256, 256)) -> 
     return out
 
 
+#: site x node pairs up to which a segment's distances are computed densely (numpy) instead of with one
+#: KD-tree per candidate skeleton (many small skeletons in a segment: dense is ~100 x faster)
+DENSE_PAIRS = 1 << 22
+_DENSE_CHUNK = 1 << 20  # site x node pairs per dense step (3 x 8 MB of differences)
+
+
+def _nearest_per_skeleton(sites: np.ndarray, pos: np.ndarray, starts: np.ndarray, skel_rows) -> np.ndarray:
+    """(skeletons, sites) distance from each site to each skeleton's nearest node.
+
+    ``pos`` holds the nodes grouped by skeleton, group k starting at ``starts[k]``; ``skel_rows(k)`` gives
+    group k's positions for the KD-tree path.  Both paths compute sqrt(dz^2 + dy^2 + dx^2) summed in that
+    order, as cKDTree does, so they give the same floats.
+    """
+    from scipy.spatial import cKDTree
+
+    dist = np.empty((len(starts), len(sites)))
+    if len(sites) * len(pos) <= DENSE_PAIRS:
+        step = max(1, _DENSE_CHUNK // max(1, len(pos)))
+        for a in range(0, len(sites), step):
+            diff = sites[a:a + step, None, :] - pos[None, :, :]
+            d = np.sqrt((diff * diff).sum(axis=-1))
+            dist[:, a:a + step] = np.minimum.reduceat(d, starts, axis=1).T
+    else:
+        for k in range(len(starts)):
+            dist[k] = cKDTree(skel_rows(k)).query(sites, k=1)[0]
+    return dist
+
+
 def map_sites(sites_nm, site_segments, skeletons: Skeletons, node_segments, *, distance_upper_bound=None,
               min_skeleton_nodes: int = 1, ignore_ids=(0,)) -> np.ndarray:
     """Skeleton id (int64, NO_ID on a miss) for each site, given site and node segment ids (see the module)."""
-    from scipy.spatial import cKDTree
-
     sites = np.asarray(sites_nm, dtype=np.float64).reshape(-1, 3)
     site_segments = np.asarray(site_segments, dtype=np.int64).reshape(-1)
     node_segments = np.asarray(node_segments, dtype=np.int64).reshape(-1)
@@ -186,17 +212,24 @@ def map_sites(sites_nm, site_segments, skeletons: Skeletons, node_segments, *, d
     ignore = np.asarray([NO_ID, *ignore_ids], dtype=np.int64)
     valid = ~np.isin(node_segments, ignore)
     n_seg, n_skel, n_pos = node_segments[valid], skeletons.skeleton_ids[valid], skeletons.positions[valid]
+    # nodes sorted by (segment, skeleton id, input order), sites by segment: each segment is a slice
+    n_order = np.lexsort((np.arange(len(n_seg)), n_skel, n_seg))
+    n_seg, n_skel, n_pos = n_seg[n_order], n_skel[n_order], n_pos[n_order]
+    s_order = np.argsort(site_segments, kind="stable")
+    s_seg = site_segments[s_order]
     bound = np.inf if distance_upper_bound is None else float(distance_upper_bound)
     for seg in np.unique(site_segments[~np.isin(site_segments, ignore)]):
-        at = np.flatnonzero(site_segments == seg)
-        in_seg = n_seg == seg
-        skel_ids, counts = np.unique(n_skel[in_seg], return_counts=True)  # ascending: ties -> lowest id
-        skel_ids = skel_ids[counts >= min_skeleton_nodes]
-        if not len(skel_ids):
+        at = s_order[np.searchsorted(s_seg, seg, "left"):np.searchsorted(s_seg, seg, "right")]
+        lo, hi = np.searchsorted(n_seg, seg, "left"), np.searchsorted(n_seg, seg, "right")
+        skel_ids, first, counts = np.unique(n_skel[lo:hi], return_index=True, return_counts=True)  # ascending
+        keep = counts >= min_skeleton_nodes
+        if not keep.any():
             continue
-        dist = np.empty((len(skel_ids), len(at)))
-        for k, s in enumerate(skel_ids):
-            dist[k] = cKDTree(n_pos[in_seg & (n_skel == s)]).query(sites[at], k=1)[0]
+        skel_ids, first, counts = skel_ids[keep], first[keep] + lo, counts[keep]
+        rows = np.concatenate([np.arange(f, f + c) for f, c in zip(first, counts)])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        dist = _nearest_per_skeleton(sites[at], n_pos[rows], starts,
+                                     lambda k: n_pos[first[k]:first[k] + counts[k]])
         best = np.argmin(dist, axis=0)  # first minimum: the lowest skeleton id on a tie
         d = dist[best, np.arange(len(at))]
         out[at] = np.where(d <= bound, skel_ids[best], NO_ID)

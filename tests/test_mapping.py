@@ -334,3 +334,27 @@ def test_json_node_list_skeletons_map_like_swc(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(nodes))
     with pytest.raises(MappingError, match=r"bad.json: node 0: needs an integer neuron_id"):
         read_skeletons(tmp_path / "bad.json")
+
+
+def test_dense_and_kdtree_distances_agree_exactly(monkeypatch):
+    """The two ways map_sites finds each candidate's nearest node (dense numpy for small segments, one KD-tree
+    per skeleton for large ones) give the same ids, exact ties and sites at exactly the bound included."""
+    import synful.mapping as mapping
+
+    rng = np.random.default_rng(7)
+    mapped = 0
+    for trial in range(60):
+        n_nodes, n_sites = rng.integers(1, 200, 2)
+        grid = float(rng.choice([1, 10, 40]))  # integer grids: many exact ties and distances equal to the bound
+        pos = rng.integers(0, 20, (n_nodes, 3)) * grid + (rng.random((n_nodes, 3)) * 3 if trial % 3 == 0 else 0)
+        sites = rng.integers(0, 20, (n_sites, 3)) * grid
+        sk = Skeletons(rng.integers(1, rng.integers(2, 40), n_nodes), pos)
+        node_segs, site_segs = rng.integers(0, 5, n_nodes), rng.integers(-1, 6, n_sites)
+        kw = dict(distance_upper_bound=[None, 50.0, 7 * grid][trial % 3], min_skeleton_nodes=1 + trial % 3)
+        got = []
+        for pairs in (1 << 30, 0):
+            monkeypatch.setattr(mapping, "DENSE_PAIRS", pairs)
+            got.append(mapping.map_sites(sites, site_segs, sk, node_segs, **kw))
+        np.testing.assert_array_equal(got[0], got[1])
+        mapped += int((got[0] != NO_ID).sum())
+    assert mapped > 500  # the cases map sites, not only misses
