@@ -44,7 +44,7 @@ def test_quick_demo_calibrates_on_validation_and_is_idempotent(tmp_path):
     out, first = _demo(tmp_path)
     # honest protocol: threshold chosen on the validation volume (seed 500), test volume (seed 1000, 21 partners)
     # reported at it; segmentation for lookups/splits/filters a watershed of the raw. Measured at this commit:
-    # segment 0.800, location 0.933 (one partner is ~0.05 of f-score here)
+    # segment 0.800, location 0.933 (cc_threshold 0.6, vector_type mean; one partner is ~0.05 of f-score here)
     assert first["segment"]["fscore"] >= 0.75, out
     assert first["location"]["fscore"] >= 0.85, out
     predict = tmp_path / "demo" / "03_predict"
