@@ -207,10 +207,14 @@ def _add_map_skeletons(sub):
                    help="map blockwise in blocks of this size (nm) over the segmentation, each reading the "
                         "segmentation and skeleton nodes of its block plus --distance-upper-bound around it "
                         "(default: [Extraction] block_shape; one block without --distance-upper-bound)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="daisy worker processes, each with its own store connection (default 1: the blocks run "
+                        "one after the other in this process)")
     p.set_defaults(func=_run_map_skeletons)
 
 
 def _run_map_skeletons(args) -> int:
+    import functools
     from pathlib import Path
 
     from .config import read_predict_config
@@ -223,13 +227,17 @@ def _run_map_skeletons(args) -> int:
     if not container:
         raise MappingError(f"{args.predict_dir}: no segmentation: pass --seg-container or set "
                            "[Extraction] seg_container")
-    seg = open_volume(container, args.seg_dataset or cfg.seg_dataset)
+    dataset = args.seg_dataset or cfg.seg_dataset
+    seg = open_volume(container, dataset)
     with open_run_store(args.predict_dir) as store:
         s = map_run(store, args.skeletons, seg, distance_upper_bound=args.distance_upper_bound,
                     min_skeleton_nodes=args.min_skeleton_nodes, block_shape=args.block_shape or cfg.block_shape,
-                    log_dir=Path(args.predict_dir) / "log" / "map_skeletons")
+                    log_dir=Path(args.predict_dir) / "log" / "map_skeletons", num_workers=args.workers,
+                    store_factory=functools.partial(open_run_store, str(Path(args.predict_dir).resolve())),
+                    segmentation_spec=(str(container), dataset))
+    updated = "" if s["changed"] is None else f"; {s['changed']} updated"
     print(f"{s['partners']} partners: {s['pre_mapped']} pre and {s['post_mapped']} post sites on a skeleton "
-          f"({s['both_mapped']} both); {s['changed']} updated ({s['blocks']} blocks)")
+          f"({s['both_mapped']} both){updated} ({s['blocks']} blocks)")
     return 0
 
 

@@ -45,11 +45,12 @@ store blockwise (daisy, ``block_shape`` nm over the segmentation's ROI):
 - it writes back only the ids that changed (:meth:`~synful.store.Store.set_skel_ids`,
   one side at a time).
 
-Blocks run through daisy's local scheduler in this process, one after the
-other (the skeletons are read once and node segment ids are cached between
-blocks); there are no done markers: a rerun maps every block again and, the
-ids being a function of partners, skeletons and segmentation only, changes
-nothing unless an input changed (idempotent).
+Blocks run through daisy's scheduler, by default in this process one after
+the other (the skeletons are read once and node segment ids are cached between
+blocks), or in ``num_workers`` daisy worker processes that each open their
+own store and segmentation.  There are no done markers: a rerun maps every
+block again and, the ids being a function of partners, skeletons and
+segmentation only, changes nothing unless an input changed (idempotent).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ class _BlockMapper:
     FAR = 2 ** 60
 
     def __init__(self, store, skeletons: Skeletons, segmentation, *, distance_upper_bound, min_skeleton_nodes,
-                 ignore_ids):
+                 ignore_ids, prepared=None):
         self.store, self.skeletons, self.segmentation = store, skeletons, segmentation
         self.bound = distance_upper_bound
         self.min_nodes = int(min_skeleton_nodes)
@@ -286,7 +287,9 @@ class _BlockMapper:
         self.index = _node_index(skeletons)
         self.node_segments = np.full(len(skeletons), NO_ID - 1, dtype=np.int64)  # NO_ID - 1: not looked up yet
         self.usable = np.ones(len(skeletons), bool)
-        if self.min_nodes > 1:
+        if prepared is not None:  # (node_segments, usable) of another mapper: the global pass is done
+            self.node_segments[:], self.usable[:] = prepared
+        elif self.min_nodes > 1:
             # a skeleton's node count per segment is global (not per block): look all nodes up once
             self.node_segments[:] = lookup_segments(segmentation, skeletons.positions)
             pairs = np.stack([self.node_segments, skeletons.skeleton_ids], axis=1)
@@ -331,16 +334,40 @@ class _BlockMapper:
         self.blocks += 1
 
 
+def _map_worker(spec: dict) -> None:
+    """A daisy worker process of :func:`map_run`: opens its own store and segmentation, maps blocks until the
+    scheduler has none left (a failed block is reported, not done, and the next one served)."""
+    import daisy
+
+    from .cluster import serve_blocks
+    from .io.volumes import open_volume
+
+    store = spec["store_factory"]()
+    try:
+        mapper = _BlockMapper(store, spec["skeletons"], open_volume(*spec["segmentation"]),
+                              distance_upper_bound=spec["distance_upper_bound"],
+                              min_skeleton_nodes=spec["min_skeleton_nodes"], ignore_ids=spec["ignore_ids"],
+                              prepared=spec["prepared"])
+        serve_blocks(daisy.Client(), mapper, keep_going=True)
+    finally:
+        store.close()
+
+
 def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_skeleton_nodes: int = 1,
-            ignore_ids=(0,), block_shape=None, batch_rows: int = 100_000, log_dir=None) -> dict:
+            ignore_ids=(0,), block_shape=None, batch_rows: int = 100_000, log_dir=None, num_workers: int = 1,
+            store_factory=None, segmentation_spec=None) -> dict:
     """Map every partner of ``store`` blockwise and write its skeleton ids back (idempotent; see the module).
 
-    ``skeletons`` is a :class:`Skeletons` or an SWC directory; ``block_shape``
+    ``skeletons`` is a :class:`Skeletons` or a skeleton source (:func:`read_skeletons`); ``block_shape``
     (nm, (z, y, x)) the write blocks over the segmentation's ROI (None: one
     block; also one block without ``distance_upper_bound``).  Returns counts:
     ``partners``, ``pre_mapped``, ``post_mapped``, ``both_mapped``,
-    ``changed`` (partners with an id that changed) and ``blocks``.  ``log_dir``:
+    ``changed`` (partners with an id that changed; None with worker processes) and ``blocks``.  ``log_dir``:
     where daisy writes its per-worker logs (None: none).
+
+    ``num_workers`` > 1 maps the blocks in that many daisy worker processes; each opens its own store and
+    segmentation, so it needs ``store_factory`` (a picklable callable returning this store, e.g.
+    ``functools.partial(open_run_store, predict_dir)``) and ``segmentation_spec`` ``(container, dataset)``.
     """
     import daisy
     from funlib.geometry import Coordinate, Roi
@@ -360,17 +387,31 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
         ctx = Coordinate(c, c, c)
     if store.count():
         store.create()  # idempotent; adds the pre-site index to collections made before it existed
+    workers = max(1, int(num_workers))
+    if workers > 1 and (store_factory is None or segmentation_spec is None):
+        raise MappingError("skeleton mapping with worker processes needs store_factory and segmentation_spec")
     mapper = _BlockMapper(store, skeletons, segmentation, distance_upper_bound=distance_upper_bound,
                           min_skeleton_nodes=min_skeleton_nodes, ignore_ids=ignore_ids)
+    if workers > 1:
+        import functools
+
+        spec = {"store_factory": store_factory, "skeletons": skeletons, "segmentation": tuple(segmentation_spec),
+                "distance_upper_bound": distance_upper_bound, "min_skeleton_nodes": min_skeleton_nodes,
+                "ignore_ids": tuple(ignore_ids), "prepared": (mapper.node_segments, mapper.usable)}
+        process = functools.partial(_map_worker, spec)
+    else:
+        process = mapper
     task = daisy.Task("map_skeletons", total_roi=seg_roi.grow(ctx, ctx), read_roi=Roi((0, 0, 0), block + ctx * 2),
-                      write_roi=Roi(ctx, block), process_function=mapper, read_write_conflict=False,
-                      fit="overhang", max_workers=1, max_retries=0, tracking_path=False)
-    logger.info("skeleton mapping: %s blocks of %s nm (context %s nm)", task.block_grid_shape, block, ctx)
+                      write_roi=Roi(ctx, block), process_function=process, read_write_conflict=False,
+                      fit="overhang", max_workers=workers, max_retries=1 if workers > 1 else 0,
+                      tracking_path=False)
+    logger.info("skeleton mapping: %s blocks of %s nm (context %s nm), %d worker(s)", task.block_grid_shape, block,
+                ctx, workers)
     old_log_dir = daisy.logging.get_log_basedir()
     daisy.logging.set_log_basedir(log_dir)  # None: no daisy log files (not in the working directory)
     try:
-        ok = daisy.run_blockwise([task], multiprocessing=False, progress=False, block_tracking=False,
-                                 summary=False)
+        states = daisy.run_blockwise([task], multiprocessing=workers > 1, progress=False, block_tracking=False,
+                                     return_states=True, summary=False)
     except SynfulError:
         raise
     except Exception as e:  # serial daisy raises a block's error
@@ -378,8 +419,11 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
                            f"finished blocks are rewritten with the same ids") from e
     finally:
         daisy.logging.set_log_basedir(old_log_dir)
-    if not ok:
-        raise MappingError("skeleton mapping: not every block finished; rerun")
+    state = states["map_skeletons"]
+    if state.completed_count != state.total_block_count:
+        err = (state.last_worker_error or "").strip().splitlines()
+        raise MappingError(f"skeleton mapping finished {state.completed_count} of {state.total_block_count} blocks"
+                           + (f" (last error: {err[-1]})" if err else "") + "; rerun")
     stats = {"partners": 0, "pre_mapped": 0, "post_mapped": 0, "both_mapped": 0}
     for batch in store.iter_batches(batch_rows):
         pre, post = batch["pre_skel_id"] != NO_ID, batch["post_skel_id"] != NO_ID
@@ -387,7 +431,10 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
         stats["pre_mapped"] += int(pre.sum())
         stats["post_mapped"] += int(post.sum())
         stats["both_mapped"] += int((pre & post).sum())
-    stats["changed"] = int(len(np.unique(np.concatenate(mapper.changed)))) if mapper.changed else 0
-    stats["blocks"] = mapper.blocks
+    if workers > 1:
+        stats["changed"] = None  # counted in the worker processes, which report nothing back
+    else:
+        stats["changed"] = int(len(np.unique(np.concatenate(mapper.changed)))) if mapper.changed else 0
+    stats["blocks"] = int(state.completed_count)
     logger.info("skeleton mapping: %s", stats)
     return stats

@@ -11,7 +11,7 @@ from synful.io.partners import NO_ID, empty_partners
 from synful.io.volumes import open_volume, write_volume
 from synful.io.skeletons import read_swc
 from synful.mapping import MappingError, Skeletons, map_partners, map_run, read_skeletons
-from synful.store import open_store
+from synful.store import MongoStore, open_store
 
 VS = (40, 4, 4)  # nm (z, y, x); volume (4, 50, 100) voxels = z [0, 160), y [0, 200), x [0, 400) nm
 
@@ -358,3 +358,26 @@ def test_dense_and_kdtree_distances_agree_exactly(monkeypatch):
         np.testing.assert_array_equal(got[0], got[1])
         mapped += int((got[0] != NO_ID).sum())
     assert mapped > 500  # the cases map sites, not only misses
+
+
+def test_blockwise_in_worker_processes(store, tmp_path):
+    """Two daisy worker processes, each with its own store connection and segmentation: the same ids."""
+    import functools
+
+    seg, sk, p = _random_case(tmp_path, seed=5)
+    p["pre_skel_id"] = p["post_skel_id"] = 999
+    store.write_block(0, p)
+    whole = map_partners(p, sk, seg, distance_upper_bound=60, min_skeleton_nodes=2)
+    if isinstance(store, MongoStore):
+        factory = functools.partial(open_store, store._url, database=store.database, collection=store.collection)
+    else:
+        factory = functools.partial(open_store, f"sqlite:///{store.path}", collection=store.collection)
+    with pytest.raises(MappingError, match="needs store_factory"):
+        map_run(store, sk, seg, distance_upper_bound=60, block_shape=(80, 64, 64), num_workers=2)
+    stats = map_run(store, sk, seg, distance_upper_bound=60, min_skeleton_nodes=2, block_shape=(80, 64, 64),
+                    num_workers=2, store_factory=factory, segmentation_spec=(tmp_path / "rseg.zarr", "labels"))
+    assert stats["blocks"] == 2 * 4 * 7 and stats["changed"] is None
+    got = store.query()
+    order = np.argsort(whole["id"])
+    np.testing.assert_array_equal(got["post_skel_id"], whole["post_skel_id"][order])
+    np.testing.assert_array_equal(got["pre_skel_id"], whole["pre_skel_id"][order])
