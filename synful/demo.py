@@ -230,14 +230,21 @@ def _train_setup(base: Path, *, train: bool, quick: bool, iterations: int) -> tu
     return setup, it
 
 
-def _predict_setup(base: Path, predict_id: int, iteration: int, raw_container: Path, gt_container: Path,
-                   workers: int) -> Path:
+def _predict_setup(base: Path, iteration: int, raw_container: Path, workers: int, *, predict_id: int = 0,
+                   validation: bool = False, gt_container: Path | None = None) -> Path:
+    """``03_predict/setup_t0_p<predict_id>`` predicting ``raw_container`` (benchmarks/bench_extract.py uses it too).
+
+    Extraction looks segment ids up in the watershed inside ``raw_container``;
+    evaluation reads the ground truth of ``gt_container`` (default:
+    ``raw_container``).
+    """
     from .scaffold import create_predict_setups, predict_setup_dir
     from .segment import SEGMENTATION_DATASET
 
+    gt_container = raw_container if gt_container is None else gt_container
     run = predict_setup_dir(base, EXPERIMENT, 0, predict_id)
     if not run.exists():
-        (made,) = create_predict_setups(base, EXPERIMENT, 0, [iteration], validation=predict_id == 0, overrides={
+        (made,) = create_predict_setups(base, EXPERIMENT, 0, [iteration], validation=validation, overrides={
             "predict_config.ini": {
                 "Prediction": dict(DEMO_PREDICTION, raw_container=str(raw_container)),
                 "Extraction": dict(DEMO_EXTRACTION, seg_container=str(raw_container),
@@ -302,7 +309,8 @@ def run_demo(base_dir=None, *, train: bool = False, iterations: int | None = Non
     runs = {}
     for predict_id, part in enumerate(("validation", "test")):
         raw = _without_ground_truth(containers[part])
-        runs[part] = run = _predict_setup(base, predict_id, it, raw, containers[part], workers)
+        runs[part] = run = _predict_setup(base, it, raw, workers, predict_id=predict_id,
+                                          validation=part == "validation", gt_container=containers[part])
         predict(run, progress=True)
         extract(run, progress=True)
     best = _calibrated(runs["validation"], runs["test"], "segment")
