@@ -164,17 +164,18 @@ def same_partners(a, b) -> bool:
                 and np.allclose(sa[ka], sb[kb], rtol=1e-6, atol=0))
 
 
-def identity(ours, synful, voxel_size, match_nm: float) -> dict:
-    """How our partners relate to Synful's: same post voxel, same post and pre, mutual nearest post sites."""
+def identity(ours, reference, voxel_size, match_nm: float) -> dict:
+    """How our partners relate to the reference's (Synful's, or the previous find_partners'): same post voxel,
+    same post and pre site, one-to-one matches of post sites (mutual nearest within ``match_nm``)."""
     from scipy.spatial import cKDTree
 
-    (po, qo, _), (ps, qs, _) = ours, synful
+    (po, qo, _), (ps, qs, _) = ours, reference
     vs = np.asarray(voxel_size)
     vox_o = {tuple(v) for v in (po // vs).tolist()}
     same_voxel = sum(tuple(v) in vox_o for v in (ps // vs).tolist())
     pairs_o = {tuple(v) for v in np.c_[po, qo].tolist()}
     same_pair = sum(tuple(v) in pairs_o for v in np.c_[ps, qs].tolist())
-    out = {"synful": int(len(ps)), "ours": int(len(po)), "same_post_voxel": int(same_voxel),
+    out = {"reference": int(len(ps)), "ours": int(len(po)), "same_post_voxel": int(same_voxel),
            "same_post_and_pre": int(same_pair), "match_nm": match_nm}
     if len(po) and len(ps):
         d_os, i_os = cKDTree(ps).query(po)
@@ -184,7 +185,7 @@ def identity(ours, synful, voxel_size, match_nm: float) -> dict:
         out["matched_post_distance_nm_median"] = float(np.median(d_os[mutual])) if mutual.any() else None
         pre_d = np.linalg.norm((qo[mutual] - qs[i_os[mutual]]).astype(float), axis=1)
         out["matched_pre_distance_nm_median"] = float(np.median(pre_d)) if mutual.any() else None
-        out["matched_fraction_of_synful"] = round(float(mutual.sum()) / len(ps), 4)
+        out["matched_fraction_of_reference"] = round(float(mutual.sum()) / len(ps), 4)
     return out
 
 
@@ -242,6 +243,8 @@ def main(argv=None):
     base = dataclasses.replace(Extraction(), cc_threshold=0.8, score_type="sum", loc_type="edt",
                                vector_type="point", min_distance=40.0, max_distance=800.0, nms_radius=(80, 80, 80))
     prev = previous_find_partners(args.previous)
+    import scipy.sparse.csgraph  # noqa: F401  (imported before timing: no import inside a timed call)
+    import skimage.measure  # noqa: F401
     label = "x".join(map(str, shape)).replace("x", " x ")
     print(f"volume {shape} voxels at {tuple(vs.tolist())} nm, above threshold {np.mean(prob > base.cc_threshold):.4%}"
           f" (input ready in {prep_s:.1f} s)", flush=True)
@@ -290,7 +293,7 @@ def main(argv=None):
         if "compat_identical" in entry:
             print(f"  find_partners compat = synful gives Synful's partners: {entry['compat_identical']}")
         i = entry["identity_vs_synful"]
-        print(f"  identity vs Synful: {i['synful']} Synful partners, {i['ours']} ours; same post voxel "
+        print(f"  identity vs Synful: {i['reference']} Synful partners, {i['ours']} ours; same post voxel "
               f"{i['same_post_voxel']}, same post and pre {i['same_post_and_pre']}, matched within "
               f"{args.match_nm:g} nm {i.get('matched', 0)} (median post distance "
               f"{i.get('matched_post_distance_nm_median')} nm)")
