@@ -244,7 +244,7 @@ class Evaluation:
 
     gt_synlinks: Optional[str] = key(None, "ground-truth partners (FAFB JSON, CSV, or CREMI HDF5/zarr annotations); "
                                            "None: the partners of the manifest sample", path=True)
-    pred_synlinks: Optional[str] = key(None, "predicted partners (FAFB JSON or CSV); None: this run's result collection",
+    pred_synlinks: Optional[str] = key(None, "predicted partners (FAFB JSON, CSV, Parquet or Feather); None: this run's result collection",
                                        path=True)
     skeleton_ids: Optional[str] = key(None, "file with one neuron (skeleton) id per line: FAFB protocol, evaluated per "
                                             "neuron (needs matching = skeleton); None: all partners at once", path=True)

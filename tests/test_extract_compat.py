@@ -99,8 +99,9 @@ def test_l_shape_bounding_box_edt_differs_from_padded_edt():
     assert sites(syn) == {(0, 20, 4): (0, 20, 4)}
     labels = (ind > 0.5).astype(int)
     assert _brute_force_box_edt_site(labels, 1, VS) == (0, 5, 1)
-    # padded EDT (ours): every voxel is one voxel (4 nm) from the outside, the first one wins
-    assert sites(ours) == {(0, 4, 4): (0, 4, 4)}
+    # padded EDT (ours): every voxel is 4 nm from the outside; (0, 4, 1) and (0, 5, 2) are the nearest
+    # to the centroid, and the first of them in C order wins
+    assert sites(ours) == {(0, 16, 4): (0, 16, 4)}
 
 
 def test_bounding_box_edt_matches_brute_force_on_a_mixed_box():
