@@ -377,45 +377,60 @@ def write_volume(container, dataset: str, data: np.ndarray, voxel_size, offset=(
         raise VolumeError(f"{container}: unknown volume format {fmt!r}")
     import shutil
 
-    import tensorstore as ts
-
     dpath = container / dataset
     if dpath.exists():
         shutil.rmtree(dpath)
     chunks = (data.shape[:1] + chunk_shape) if num_channels else chunk_shape
     if fmt == "zarr3":
-        container.mkdir(parents=True, exist_ok=True)
-        if not (container / "zarr.json").exists():
-            (container / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
-                                                             "attributes": {}}))
-        # intermediate groups
-        for parent in list(Path(dataset).parents)[:-1]:
-            g = container / parent / "zarr.json"
-            if not g.exists():
-                g.parent.mkdir(parents=True, exist_ok=True)
-                g.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
-        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(dpath)},
-                "metadata": {"shape": list(data.shape), "data_type": np.dtype(data.dtype).name,
-                             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
-                             "attributes": {"voxel_size": list(voxel_size), "offset": list(offset),
-                                            "units": ["nm"] * voxel_size.dims}},
-                "create": True, "delete_existing": True}
-        ts.open(spec).result().write(data).result()
+        _write_zarr3(container, dataset, data, voxel_size, offset, chunks)
     else:
-        container.mkdir(parents=True, exist_ok=True)
-        root = container / "attributes.json"
-        if not root.exists():
-            root.write_text(json.dumps({"n5": "2.0.0"}))
-        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(dpath)},
-                "metadata": {"dimensions": list(data.shape[::-1]), "blockSize": list(chunks[::-1]),
-                             "dataType": np.dtype(data.dtype).name, "compression": {"type": "gzip"}},
-                "create": True, "delete_existing": True}
-        ts.open(spec).result().T.write(data).result()
-        meta_path = dpath / "attributes.json"
-        meta = json.loads(meta_path.read_text())
-        meta.update({"resolution": list(voxel_size)[::-1], "offset": list(offset)[::-1]})
-        meta_path.write_text(json.dumps(meta))
+        _write_n5(container, dataset, data, voxel_size, offset, chunks)
     return container
+
+
+def _write_zarr3(container: Path, dataset: str, data: np.ndarray, voxel_size: Coordinate, offset: Coordinate,
+                 chunks: tuple):
+    """A new zarr v3 dataset (tensorstore), its container and intermediate groups made where missing."""
+    import tensorstore as ts
+
+    container.mkdir(parents=True, exist_ok=True)
+    if not (container / "zarr.json").exists():
+        (container / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                         "attributes": {}}))
+    # intermediate groups
+    for parent in list(Path(dataset).parents)[:-1]:
+        g = container / parent / "zarr.json"
+        if not g.exists():
+            g.parent.mkdir(parents=True, exist_ok=True)
+            g.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(container / dataset)},
+            "metadata": {"shape": list(data.shape), "data_type": np.dtype(data.dtype).name,
+                         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+                         "attributes": {"voxel_size": list(voxel_size), "offset": list(offset),
+                                        "units": ["nm"] * voxel_size.dims}},
+            "create": True, "delete_existing": True}
+    ts.open(spec).result().write(data).result()
+
+
+def _write_n5(container: Path, dataset: str, data: np.ndarray, voxel_size: Coordinate, offset: Coordinate,
+              chunks: tuple):
+    """A new gzip N5 dataset (tensorstore; N5's x, y, z order on disk, attributes included)."""
+    import tensorstore as ts
+
+    dpath = container / dataset
+    container.mkdir(parents=True, exist_ok=True)
+    root = container / "attributes.json"
+    if not root.exists():
+        root.write_text(json.dumps({"n5": "2.0.0"}))
+    spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(dpath)},
+            "metadata": {"dimensions": list(data.shape[::-1]), "blockSize": list(chunks[::-1]),
+                         "dataType": np.dtype(data.dtype).name, "compression": {"type": "gzip"}},
+            "create": True, "delete_existing": True}
+    ts.open(spec).result().T.write(data).result()
+    meta_path = dpath / "attributes.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update({"resolution": list(voxel_size)[::-1], "offset": list(offset)[::-1]})
+    meta_path.write_text(json.dumps(meta))
 
 
 def check_roi(array: Array, roi: Roi, what: str = "ROI") -> Roi:
