@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +25,8 @@ from funlib.persistence import Array
 from synful.cli import main
 from synful.config import read_train_config
 from synful.io.volumes import open_volume, write_volume
-from synful.predict import (KILL_AFTER_BLOCKS_ENV, PredictionError, encode_indicator, encode_vectors,
-                            plan_prediction, predict, read_padded)
+from synful.predict import (PredictionError, encode_indicator, encode_vectors, plan_prediction, predict,
+                            read_padded)
 from synful.scaffold import create_predict_setups, create_train_setup
 
 VOXEL_SIZE = (40, 4, 4)
@@ -176,19 +180,75 @@ def test_two_workers_match_single_pass_and_rerun_skips_everything(experiment):
     assert fresh["complete"] and fresh["blocks"]["processed"] == 27 and fresh["blocks"]["skipped"] == 0
 
 
+#: Loaded (as ``sitecustomize``) by every Python process of the killed-worker test: a prediction worker holds
+#: block N+1 after N finished blocks, writes its pid to $SYNFUL_TEST_HOLD_FILE and waits to be killed.
+HOLD_WORKER = """
+import os, time
+_after = int(os.environ.get("SYNFUL_TEST_HOLD_AFTER_BLOCKS", "0") or 0)
+if _after and b"predict-worker" in open("/proc/self/cmdline", "rb").read():
+    import synful.predict
+
+    _process, _done = synful.predict.BlockPredictor.process, []
+
+    def _hold_then_process(self, block):
+        if len(_done) >= _after:
+            path = os.environ["SYNFUL_TEST_HOLD_FILE"]
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+            time.sleep(300)  # the test kills this process long before
+        _process(self, block)
+        _done.append(block)
+
+    synful.predict.BlockPredictor.process = _hold_then_process
+"""
+
+
+def hold_workers_after(blocks: int, monkeypatch, tmp_path) -> Path:
+    """Make prediction workers started from now on hold their block ``blocks + 1``; return the file in which a
+    holding worker writes its pid."""
+    hook = tmp_path / "hold_worker"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_WORKER)
+    root = Path(__file__).resolve().parent.parent
+    path = [str(hook), str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    monkeypatch.setenv("SYNFUL_TEST_HOLD_AFTER_BLOCKS", str(blocks))
+    monkeypatch.setenv("SYNFUL_TEST_HOLD_FILE", str(tmp_path / "held_by"))
+    return tmp_path / "held_by"
+
+
+def kill_holding_worker(pid_file: Path, killed: list, timeout: float = 240.0):
+    """Wait for a worker to hold its block, then SIGKILL it from outside (its pid from ``pid_file``)."""
+    deadline = time.monotonic() + timeout
+    while not pid_file.is_file():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    if b"predict-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+
 @pytest.mark.slow
-def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkeypatch):
+def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkeypatch, tmp_path):
     setup = predict_setup(experiment, {"indicator_dtype": "uint8", "vectors_dtype": "int8", "vectors_scale": 0.05,
                                        "padding": "mirror"},
                           {"num_block_workers": 1, "max_retries": 0})
-    monkeypatch.setenv(KILL_AFTER_BLOCKS_ENV, "4")
+    pid_file = hold_workers_after(4, monkeypatch, tmp_path)
+    killed = []
+    killer = threading.Thread(target=kill_holding_worker, args=(pid_file, killed), daemon=True)
+    killer.start()
     with pytest.raises(PredictionError, match="did not finish"):
         predict(setup, progress=False)
+    killer.join()
+    assert killed, "no worker held its fifth block"
     plan = plan_prediction(setup)
     first = json.loads(plan.metadata_path.read_text())
     assert not first["complete"] and first["blocks"]["processed"] == 4
 
-    monkeypatch.delenv(KILL_AFTER_BLOCKS_ENV)
+    monkeypatch.delenv("SYNFUL_TEST_HOLD_AFTER_BLOCKS")
     meta = predict(setup, progress=False)
     total = plan.num_blocks
     assert total == 6 * 3 * 3

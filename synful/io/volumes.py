@@ -138,7 +138,9 @@ def _metadata(attrs, container, dataset, reverse: bool = False):
     return vs, off
 
 
-def _make_array(data, shape, voxel_size, offset, container, dataset, chunks) -> Array:
+def _array_metadata(shape, voxel_size, offset, container, dataset) -> dict:
+    """``offset``, ``voxel_size``, ``types`` and ``units`` of a funlib Array (checked; voxel size 1 nm with a
+    warning where the attributes have none)."""
     ndim = len(shape)
     spatial = len(voxel_size) if voxel_size is not None else (len(offset) if offset is not None else min(ndim, 3))
     if voxel_size is not None and offset is not None and len(voxel_size) != len(offset):
@@ -151,8 +153,11 @@ def _make_array(data, shape, voxel_size, offset, container, dataset, chunks) -> 
     if offset is None:
         offset = (0,) * spatial
     types = ["channel"] * (ndim - spatial) + ["space"] * spatial
-    return Array(data, offset=offset, voxel_size=voxel_size, types=types, units=["nm"] * spatial,
-                 chunks=chunks)
+    return dict(offset=offset, voxel_size=voxel_size, types=types, units=["nm"] * spatial)
+
+
+def _make_array(data, shape, voxel_size, offset, container, dataset, chunks) -> Array:
+    return Array(data, **_array_metadata(shape, voxel_size, offset, container, dataset), chunks=chunks)
 
 
 class _TensorStoreArray:
@@ -210,6 +215,8 @@ def open_volume(container, dataset: str, mode: str = "r", *, voxel_size=None, of
     if not cpath.exists():
         raise DatasetNotFoundError(f"{container}: container not found (looking for dataset {dataset!r})")
     fmt = volume_format(cpath, dataset)
+    if fmt == "zarr":
+        return _open_zarr(cpath, dataset, mode, container, voxel_size, offset)
     if fmt == "hdf5":
         import h5py
 
@@ -221,22 +228,7 @@ def open_volume(container, dataset: str, mode: str = "r", *, voxel_size=None, of
         vs, off = _metadata(ds.attrs, container, dataset)
         # dask "auto" chunks are multiples of the HDF5 chunks (few tasks even for tiny HDF5 chunks)
         data, shape, chunks = ds, ds.shape, "auto"
-    elif fmt == "zarr":
-        import zarr
-
-        try:
-            root = zarr.open_group(str(cpath), mode="r")
-        except (zarr.errors.GroupNotFoundError, ValueError):
-            root = None
-        if root is not None:
-            if dataset not in root or not isinstance(root[dataset], zarr.Array):
-                raise _missing(container, dataset, " in zarr container")
-        elif not (cpath / dataset / ".zarray").is_file():
-            raise _missing(container, dataset, " in zarr container")
-        data = zarr.open_array(str(cpath), path=dataset, mode="r" if mode == "r" else "r+")
-        vs, off = _metadata(data.attrs, container, dataset)
-        shape, chunks = data.shape, data.chunks
-    else:  # zarr3 / n5 through tensorstore
+    else:  # zarr3 / n5 through tensorstore (N5: faster than funlib's zarr-python 2 N5Store, see above)
         dpath = cpath / dataset
         meta = dpath / ("zarr.json" if fmt == "zarr3" else "attributes.json")
         if not meta.is_file():
@@ -252,11 +244,47 @@ def open_volume(container, dataset: str, mode: str = "r", *, voxel_size=None, of
             vs, off = _metadata(raw_meta, container, dataset, reverse=True)
         data = _open_tensorstore(dpath, fmt, mode, container, dataset)
         shape, chunks = data.shape, "auto"
+    vs, off = _overridden(vs, off, voxel_size, offset)
+    return _make_array(data, shape, vs, off, container, dataset, chunks)
+
+
+def _overridden(vs, off, voxel_size, offset):
+    """(voxel size, offset) from the attributes, replaced by the caller's where given."""
     if voxel_size is not None:
         vs = tuple(int(v) for v in voxel_size)
     if offset is not None:
         off = tuple(int(v) for v in offset)
-    return _make_array(data, shape, vs, off, container, dataset, chunks)
+    return vs, off
+
+
+def _open_zarr(cpath: Path, dataset: str, mode: str, container, voxel_size, offset) -> Array:
+    """A zarr v2 dataset through funlib's ``open_ds``, with our metadata rules (:func:`_metadata`)."""
+    from funlib.persistence import open_ds
+
+    node = _zarr_array(cpath, dataset, container)
+    vs, off = _overridden(*_metadata(node.attrs, container, dataset), voxel_size, offset)
+    meta = _array_metadata(node.shape, vs, off, container, dataset)
+    # axis names given, or open_ds would take them from the attributes (ours are funlib's defaults)
+    axis_names = [f"c{i}^" for i in range(meta["types"].count("channel"))] + \
+                 [f"d{i}" for i in range(meta["types"].count("space"))]
+    return open_ds(os.path.join(str(cpath), dataset), mode="r" if mode == "r" else "r+", axis_names=axis_names, **meta)
+
+
+def _zarr_array(cpath: Path, dataset: str, container):
+    """The zarr v2 array ``cpath/dataset``, read only; :class:`DatasetNotFoundError` if there is none."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(cpath), mode="r")
+    except (zarr.errors.GroupNotFoundError, ValueError):
+        root = None
+    if root is not None:
+        if dataset not in root or not isinstance(root[dataset], zarr.Array):
+            raise _missing(container, dataset, " in zarr container")
+        return root[dataset]
+    if not (cpath / dataset / ".zarray").is_file():
+        raise _missing(container, dataset, " in zarr container")
+    return zarr.open_array(str(cpath), path=dataset, mode="r")
 
 
 def prepare_volume(container, dataset: str, roi: Roi, voxel_size, dtype, num_channels: int | None = None,
@@ -349,45 +377,60 @@ def write_volume(container, dataset: str, data: np.ndarray, voxel_size, offset=(
         raise VolumeError(f"{container}: unknown volume format {fmt!r}")
     import shutil
 
-    import tensorstore as ts
-
     dpath = container / dataset
     if dpath.exists():
         shutil.rmtree(dpath)
     chunks = (data.shape[:1] + chunk_shape) if num_channels else chunk_shape
     if fmt == "zarr3":
-        container.mkdir(parents=True, exist_ok=True)
-        if not (container / "zarr.json").exists():
-            (container / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
-                                                             "attributes": {}}))
-        # intermediate groups
-        for parent in list(Path(dataset).parents)[:-1]:
-            g = container / parent / "zarr.json"
-            if not g.exists():
-                g.parent.mkdir(parents=True, exist_ok=True)
-                g.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
-        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(dpath)},
-                "metadata": {"shape": list(data.shape), "data_type": np.dtype(data.dtype).name,
-                             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
-                             "attributes": {"voxel_size": list(voxel_size), "offset": list(offset),
-                                            "units": ["nm"] * voxel_size.dims}},
-                "create": True, "delete_existing": True}
-        ts.open(spec).result().write(data).result()
+        _write_zarr3(container, dataset, data, voxel_size, offset, chunks)
     else:
-        container.mkdir(parents=True, exist_ok=True)
-        root = container / "attributes.json"
-        if not root.exists():
-            root.write_text(json.dumps({"n5": "2.0.0"}))
-        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(dpath)},
-                "metadata": {"dimensions": list(data.shape[::-1]), "blockSize": list(chunks[::-1]),
-                             "dataType": np.dtype(data.dtype).name, "compression": {"type": "gzip"}},
-                "create": True, "delete_existing": True}
-        ts.open(spec).result().T.write(data).result()
-        meta_path = dpath / "attributes.json"
-        meta = json.loads(meta_path.read_text())
-        meta.update({"resolution": list(voxel_size)[::-1], "offset": list(offset)[::-1]})
-        meta_path.write_text(json.dumps(meta))
+        _write_n5(container, dataset, data, voxel_size, offset, chunks)
     return container
+
+
+def _write_zarr3(container: Path, dataset: str, data: np.ndarray, voxel_size: Coordinate, offset: Coordinate,
+                 chunks: tuple):
+    """A new zarr v3 dataset (tensorstore), its container and intermediate groups made where missing."""
+    import tensorstore as ts
+
+    container.mkdir(parents=True, exist_ok=True)
+    if not (container / "zarr.json").exists():
+        (container / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                         "attributes": {}}))
+    # intermediate groups
+    for parent in list(Path(dataset).parents)[:-1]:
+        g = container / parent / "zarr.json"
+        if not g.exists():
+            g.parent.mkdir(parents=True, exist_ok=True)
+            g.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(container / dataset)},
+            "metadata": {"shape": list(data.shape), "data_type": np.dtype(data.dtype).name,
+                         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+                         "attributes": {"voxel_size": list(voxel_size), "offset": list(offset),
+                                        "units": ["nm"] * voxel_size.dims}},
+            "create": True, "delete_existing": True}
+    ts.open(spec).result().write(data).result()
+
+
+def _write_n5(container: Path, dataset: str, data: np.ndarray, voxel_size: Coordinate, offset: Coordinate,
+              chunks: tuple):
+    """A new gzip N5 dataset (tensorstore; N5's x, y, z order on disk, attributes included)."""
+    import tensorstore as ts
+
+    dpath = container / dataset
+    container.mkdir(parents=True, exist_ok=True)
+    root = container / "attributes.json"
+    if not root.exists():
+        root.write_text(json.dumps({"n5": "2.0.0"}))
+    spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(dpath)},
+            "metadata": {"dimensions": list(data.shape[::-1]), "blockSize": list(chunks[::-1]),
+                         "dataType": np.dtype(data.dtype).name, "compression": {"type": "gzip"}},
+            "create": True, "delete_existing": True}
+    ts.open(spec).result().T.write(data).result()
+    meta_path = dpath / "attributes.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update({"resolution": list(voxel_size)[::-1], "offset": list(offset)[::-1]})
+    meta_path.write_text(json.dumps(meta))
 
 
 def check_roi(array: Array, roi: Roi, what: str = "ROI") -> Roi:
