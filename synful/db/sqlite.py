@@ -161,6 +161,15 @@ class SQLiteDB:
             except sqlite3.Error as e:
                 raise StoreError(f"{self.label}: {what} failed: {e}") from None
 
+    def __getstate__(self):
+        # picklable while no connection is open (a store handed to a worker process), like a path
+        if self._conn is not None:
+            raise TypeError(f"{self.name}: an open SQLite connection cannot be pickled; open the store in the worker")
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, lock=threading.RLock())
+
     def close(self) -> None:
         """Close the writable connection (reads after this open read-only ones again)."""
         conn, self._conn = self._conn, None

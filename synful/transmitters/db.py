@@ -12,6 +12,10 @@ Documents are plain JSON-able dicts (ints, floats, strings, lists, nested
 dicts); MongoDB's ``_id`` is never returned.  Queries are equality filters
 ``{field: value}`` plus ``{field: {"$in": [...]}}``.
 
+This module is the typed document layer only: connections (WAL, busy timeout, the transaction
+wrapper; MongoDB timeouts and authentication), URLs, credentials and :class:`StoreError` come
+from :mod:`synful.db`, the backend layer the partner store (:mod:`synful.store`) uses too.
+
 Collection names (Synister's layout)::
 
     <db>.synapses        synapse_id, x, y, z (nm), skeleton_id, [prepost, brain_region]
