@@ -93,8 +93,11 @@ class SQLiteDB:
             return None
         return st.st_size, st.st_mtime_ns, self.path.with_name(self.path.name + "-wal").exists()
 
-    def read(self, fn, default):
-        """``fn(connection)`` on the writable connection if open, else on a read-only one (see the class)."""
+    def read(self, fn, default, *, table: str | None = None):
+        """``fn(connection)`` on the writable connection if open, else on a read-only one (see the class);
+        ``default`` when there is no file or (given ``table``) no such table."""
+        if table is not None:
+            return self.read(lambda conn: fn(conn) if has_table(conn, table) else default, default)
         if self._conn is not None:
             with self.lock:
                 return self._call(fn, self._conn)

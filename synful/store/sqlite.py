@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..db import SQLiteDB, check_collection_name, has_table, quote_name
+from ..db import SQLiteDB, check_collection_name, quote_name
 from ..io.partners import PARTNER_FIELDS, empty_partners
 from .base import (FETCH_ROWS, Store, as_partners, check_batch_rows, check_site, iter_keyset_pages,
                    partner_rows, partners_from_cursor, roi_bounds, skel_id_sides)
@@ -78,8 +78,7 @@ class SQLiteStore(Store):
 
     def _read(self, fn, default, table=None):
         """``fn(connection)``, or ``default`` when the table (default: the partners') does not exist."""
-        table = self.collection if table is None else table
-        return self._db.read(lambda conn: fn(conn) if has_table(conn, table) else default, default)
+        return self._db.read(fn, default, table=self.collection if table is None else table)
 
     def query(self, roi=None, *, site: str = "post") -> np.ndarray:
         conds, params = self._roi_where(roi, site)

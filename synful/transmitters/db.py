@@ -176,7 +176,7 @@ class _SqliteCollection(Collection):
 
     def _read(self, fn, default):
         """``fn(connection)``, or ``default`` when the collection's table does not exist."""
-        return self.db.read(lambda conn: fn(conn) if has_table(conn, self.name) else default, default)
+        return self.db.read(fn, default, table=self.name)
 
     def insert_many(self, docs):
         rows = [(json.dumps(d, allow_nan=False),) for d in docs]
