@@ -289,3 +289,19 @@ def test_mongodb_paging_indexes_id_of_older_collections(mongodb_url, monkeypatch
     s.drop()
     s.close()
     client.close()
+
+
+@pytest.mark.parametrize("opener", ["partners", "transmitters"])
+def test_refused_credentials_are_one_store_error_line(mongodb_url, opener):
+    from synful.transmitters import db as transmitter_db
+
+    host = mongodb_url.split("://", 1)[1].split("/")[0].split("@")[-1]
+    url = f"mongodb://synful:p%2Fs3cret%40x@{host}/?authSource=admin"  # percent-escaped: a valid URL
+    with pytest.raises(StoreError) as e:
+        if opener == "partners":
+            open_store(url, collection="partners_x", timeout=2.0)
+        else:
+            transmitter_db.open_store(url)
+    msg = str(e.value)
+    assert "\n" not in msg and "s3cret" not in msg and "synful:" not in msg, msg
+    assert f"mongodb://***@{host}" in msg and ("authenticat" in msg.lower() or "credentials" in msg), msg

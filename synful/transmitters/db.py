@@ -12,6 +12,10 @@ Documents are plain JSON-able dicts (ints, floats, strings, lists, nested
 dicts); MongoDB's ``_id`` is never returned.  Queries are equality filters
 ``{field: value}`` plus ``{field: {"$in": [...]}}``.
 
+This module is the typed document layer only: connections (WAL, busy timeout, the transaction
+wrapper; MongoDB timeouts and authentication), URLs, credentials and :class:`StoreError` come
+from :mod:`synful.db`, the backend layer the partner store (:mod:`synful.store`) uses too.
+
 Collection names (Synister's layout)::
 
     <db>.synapses        synapse_id, x, y, z (nm), skeleton_id, [prepost, brain_region]
@@ -24,15 +28,12 @@ Collection names (Synister's layout)::
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..store import StoreError, read_secret_url, redact_url
+from ..db import MongoDB, SQLiteDB, StoreError, has_table, quote_name, redact_url, resolve_store_url
 
 __all__ = [
     "StoreError",
@@ -52,6 +53,10 @@ SYNAPSES = "synapses"
 SKELETONS = "skeletons"
 HEMILINEAGES = "hemilineages"
 SPLITS = "splits"
+#: seconds a writer waits for another process's write lock (prediction workers insert concurrently)
+SQLITE_BUSY_TIMEOUT_S = 60.0
+#: seconds to wait for a MongoDB server before failing
+MONGODB_CONNECT_TIMEOUT_S = 10.0
 
 
 def prediction_collection_name(split: str, run_name: str) -> str:
@@ -68,27 +73,15 @@ def resolve_url(url: str, *, base_dir=None, credentials_file=None, credentials_e
     resolves against ``base_dir`` (the folder of the config that named it;
     default the working directory), ``sqlite:////abs/path`` is absolute.
     """
-    secret = read_secret_url(credentials_file, credentials_env)
-    url = str(secret if secret is not None else url).strip()
-    if url.startswith("sqlite://"):
-        rest = url[len("sqlite://"):]
-        if not rest.startswith("/") or rest == "/":
-            raise StoreError(f"store URL {url!r}: expected sqlite:///relative/path or sqlite:////absolute/path")
-        path = Path(os.path.expanduser(rest[1:]))
-        if not path.is_absolute():
-            path = Path(base_dir or ".") / path
-        return "sqlite:///" + str(path.resolve())
-    if url.startswith(("mongodb://", "mongodb+srv://")):
-        return url
-    raise StoreError(f"store URL {redact_url(url)!r}: expected sqlite:///path or mongodb://host:port")
+    kind, where = resolve_store_url(url, base_dir=base_dir, credentials_file=credentials_file,
+                                    credentials_env=credentials_env, expand_user=True)
+    return f"sqlite:///{where}" if kind == "sqlite" else where
 
 
 def open_store(url: str, **kwargs) -> "DocumentStore":
     """Open the store at ``url`` (see :func:`resolve_url` for ``base_dir`` and credentials)."""
-    url = resolve_url(url, **kwargs)
-    if url.startswith("sqlite:///"):
-        return _SqliteStore(Path(url[len("sqlite:///"):]))
-    return _MongoStore(url)
+    kind, where = resolve_store_url(url, expand_user=True, **kwargs)
+    return _SqliteStore(where) if kind == "sqlite" else _MongoStore(where)
 
 
 class Collection(ABC):
@@ -160,7 +153,7 @@ class DocumentStore(ABC):
 
 
 # --------------------------------------------------------------------------------------
-# SQLite
+# SQLite: one table per collection, one JSON document per row
 # --------------------------------------------------------------------------------------
 
 def _match(doc: dict, query: dict) -> bool:
@@ -175,20 +168,24 @@ def _match(doc: dict, query: dict) -> bool:
 
 class _SqliteCollection(Collection):
     def __init__(self, store: "_SqliteStore", table: str):
-        self.store, self.name = store, table
-        self._q = '"' + table.replace('"', '""') + '"'
+        self.db, self.name = store.db, table
+        self._q = quote_name(table)
 
-    def _ensure(self):
-        self.store.conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (id INTEGER PRIMARY KEY, doc TEXT NOT NULL)")
+    def _ensure(self, conn):
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (id INTEGER PRIMARY KEY, doc TEXT NOT NULL)")
+
+    def _read(self, fn, default):
+        """``fn(connection)``, or ``default`` when the collection's table does not exist."""
+        return self.db.read(fn, default, table=self.name)
 
     def insert_many(self, docs):
         rows = [(json.dumps(d, allow_nan=False),) for d in docs]
-        with self.store._write():
-            self._ensure()
+        with self.db.transaction(f"inserting into {self.name}") as conn:
+            self._ensure(conn)
             try:
-                self.store.conn.executemany(f"INSERT INTO {self._q} (doc) VALUES (?)", rows)
+                conn.executemany(f"INSERT INTO {self._q} (doc) VALUES (?)", rows)
             except sqlite3.IntegrityError as e:
-                raise StoreError(f"{self.store.url} {self.name}: {e}") from None
+                raise StoreError(f"{self.db.name} {self.name}: {e}") from None
         return len(rows)
 
     def _where(self, query):
@@ -203,86 +200,53 @@ class _SqliteCollection(Collection):
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params, rest
 
     def find(self, query=None):
-        if not self.store._has_table(self.name):
-            return []
         where, params, rest = self._where(query)
-        with self.store.lock:
-            rows = self.store.conn.execute(f"SELECT doc FROM {self._q}{where} ORDER BY id", params).fetchall()
+        rows = self._read(lambda conn: conn.execute(f"SELECT doc FROM {self._q}{where} ORDER BY id", params)
+                          .fetchall(), [])
         docs = (json.loads(r[0]) for r in rows)
         return [d for d in docs if _match(d, rest)]
 
     def count(self, query=None):
-        if not self.store._has_table(self.name):
-            return 0
         where, params, rest = self._where(query)
         if rest:
             return len(self.find(query))
-        with self.store.lock:
-            return self.store.conn.execute(f"SELECT COUNT(*) FROM {self._q}{where}", params).fetchone()[0]
+        return self._read(lambda conn: conn.execute(f"SELECT COUNT(*) FROM {self._q}{where}", params)
+                          .fetchone()[0], 0)
 
     def delete_many(self, query):
-        if not self.store._has_table(self.name):
-            return 0
         where, params, rest = self._where(query)
-        with self.store._write():
+        with self.db.transaction(f"deleting from {self.name}") as conn:
+            if not has_table(conn, self.name):
+                return 0
             if rest:
-                ids = [r[0] for r in self.store.conn.execute(f"SELECT id, doc FROM {self._q}{where}", params)
+                ids = [r[0] for r in conn.execute(f"SELECT id, doc FROM {self._q}{where}", params)
                        if _match(json.loads(r[1]), rest)]
-                self.store.conn.executemany(f"DELETE FROM {self._q} WHERE id = ?", [(i,) for i in ids])
+                conn.executemany(f"DELETE FROM {self._q} WHERE id = ?", [(i,) for i in ids])
                 return len(ids)
-            return self.store.conn.execute(f"DELETE FROM {self._q}{where}", params).rowcount
+            return conn.execute(f"DELETE FROM {self._q}{where}", params).rowcount
 
     def create_index(self, field, unique=False):
-        iname = '"' + f"{self.name}__{field}".replace('"', '""') + '"'
-        with self.store._write():
-            self._ensure()
-            self.store.conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {iname} "
-                                    f"ON {self._q} (json_extract(doc, '$.{field}'))")
+        iname = quote_name(f"{self.name}__{field}")
+        with self.db.transaction(f"indexing {self.name}") as conn:
+            self._ensure(conn)
+            conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {iname} "
+                         f"ON {self._q} (json_extract(doc, '$.{field}'))")
 
     def drop(self):
-        with self.store._write():
-            self.store.conn.execute(f"DROP TABLE IF EXISTS {self._q}")
+        with self.db.transaction(f"dropping {self.name}") as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {self._q}")
 
 
 class _SqliteStore(DocumentStore):
-    def __init__(self, path: Path):
-        self.url = f"sqlite:///{path}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"{self.url}: cannot open: {e}") from None
-        self.lock = threading.RLock()
-        self._depth = 0
-
-    @contextmanager
-    def _write(self):
-        with self.lock:
-            if self._depth:
-                yield
-                return
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+    def __init__(self, path):
+        self.db = SQLiteDB(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        self.url = self.db.name
+        self.db.writer()  # opened (and the file created) at once, as this store always did
 
     @contextmanager
     def transaction(self):
-        with self._write():
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-
-    def _has_table(self, table):
-        with self.lock:
-            return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                                     (table,)).fetchone() is not None
+        with self.db.transaction("transaction"):
+            yield
 
     def collection(self, database, name):
         return _SqliteCollection(self, f"{database}.{name}")
@@ -292,21 +256,21 @@ class _SqliteStore(DocumentStore):
 
     def list_collections(self, database):
         prefix = f"{database}."
-        with self.lock:
-            rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        rows = self.db.read(lambda conn: conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                            .fetchall(), [])
         return sorted(r[0][len(prefix):] for r in rows if r[0].startswith(prefix))
 
     def close(self):
-        self.conn.close()
+        self.db.close()
 
 
 # --------------------------------------------------------------------------------------
-# MongoDB
+# MongoDB: database <db>, collection <coll>
 # --------------------------------------------------------------------------------------
 
 class _MongoCollection(Collection):
-    def __init__(self, coll):
-        self.coll, self.name = coll, coll.full_name
+    def __init__(self, db: MongoDB, coll):
+        self.db, self.coll, self.name = db, coll, coll.full_name
 
     def insert_many(self, docs):
         import pymongo.errors
@@ -314,51 +278,51 @@ class _MongoCollection(Collection):
         docs = [dict(d) for d in docs]  # insert_many adds _id to the dicts it gets
         if not docs:
             return 0
-        try:
-            self.coll.insert_many(docs, ordered=True)
-        except pymongo.errors.BulkWriteError as e:
-            raise StoreError(f"{self.name}: {e.details.get('writeErrors', [{}])[0].get('errmsg', e)}") from None
+
+        def insert():
+            try:
+                self.coll.insert_many(docs, ordered=True)
+            except pymongo.errors.BulkWriteError as e:
+                raise StoreError(f"{self.name}: {e.details.get('writeErrors', [{}])[0].get('errmsg', e)}") from None
+
+        self.db.guard(f"inserting into {self.name}", insert)
         return len(docs)
 
     def find(self, query=None):
-        return list(self.coll.find(query or {}, {"_id": False}).sort("_id", 1))
+        return self.db.guard(f"reading {self.name}",
+                             lambda: list(self.coll.find(query or {}, {"_id": False}).sort("_id", 1)))
 
     def count(self, query=None):
-        return self.coll.count_documents(query or {})
+        return self.db.guard(f"counting {self.name}", self.coll.count_documents, query or {})
 
     def delete_many(self, query):
-        return self.coll.delete_many(query).deleted_count
+        return self.db.guard(f"deleting from {self.name}", self.coll.delete_many, query).deleted_count
 
     def create_index(self, field, unique=False):
-        self.coll.create_index([(field, 1)], unique=unique)
+        self.db.guard(f"indexing {self.name}", self.coll.create_index, [(field, 1)], unique=unique)
 
     def drop(self):
-        self.coll.drop()
+        self.db.guard(f"dropping {self.name}", self.coll.drop)
 
 
 class _MongoStore(DocumentStore):
     def __init__(self, url: str):
-        import pymongo
-        import pymongo.errors
-
-        self.url = redact_url(url)  # used in messages: never the credentials
-        try:
-            self.client = pymongo.MongoClient(url, serverSelectionTimeoutMS=10000)
-            self.client.admin.command("ping")
-        except pymongo.errors.PyMongoError as e:
-            raise StoreError(f"{self.url}: cannot connect: {str(e).splitlines()[0][:200]}") from None
+        self.db = MongoDB(url, timeout=MONGODB_CONNECT_TIMEOUT_S, socket_timeout=None)
+        self.url = self.db.name  # used in messages: never the credentials
+        self.client = self.db.client
 
     def collection(self, database, name):
-        return _MongoCollection(self.client[database][name])
+        return _MongoCollection(self.db, self.client[database][name])
 
     def exists(self, database, name):
-        return self.client[database][name].count_documents({}, limit=1) > 0
+        return self.db.guard(f"reading {database}.{name}",
+                             lambda: self.client[database][name].count_documents({}, limit=1) > 0)
 
     def list_collections(self, database):
-        return sorted(self.client[database].list_collection_names())
+        return sorted(self.db.guard(f"listing {database}", self.client[database].list_collection_names))
 
     def close(self):
-        self.client.close()
+        self.db.close()
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:
