@@ -9,6 +9,7 @@ from ..mapping import lookup_segments
 from .candidates import _cc_candidates, _nms_candidates
 from .common import ExtractionError, partner_id
 from .compat import _synful_partners
+from .sparse import _sum_per_label
 
 def find_partners(indicator: np.ndarray, vectors: np.ndarray, voxel_size, offset, cfg, *, roi=None,
                   segmentation=None, segments=None, vectors_scale: float = 1.0,
@@ -86,8 +87,8 @@ def _candidate_partners(prob, vectors, mask, voxel_size, offset, cfg, segments, 
     if cfg.vector_type == "point":
         vec = np.stack([vectors[c].ravel()[post_flat].astype(np.float64) for c in range(3)], axis=1)
     else:
-        vec = np.stack([np.bincount(m_lab, weights=vectors[c].ravel()[m_flat].astype(np.float64),
-                                    minlength=n + 1)[1:] for c in range(3)], axis=1) / m_counts[:, None]
+        vec = np.stack([_sum_per_label(m_lab, vectors[c].ravel()[m_flat].astype(np.float64), n)[1:]
+                        for c in range(3)], axis=1) / m_counts[:, None]
     vec = vec * float(vectors_scale)
     # round to whole nm (halves up, the same in every block); snapping to the voxel grid instead would
     # move a pre site that lies at a voxel centre into the next voxel and often into the next neuron

@@ -145,7 +145,7 @@ def _nearest_centroid(lab: np.ndarray, flat: np.ndarray, tied: np.ndarray, n: in
     """
     c = _coords(flat, shape) if coords is None else coords
     cnt = np.bincount(lab, minlength=n + 1).astype(np.int64)
-    sums = np.stack([np.bincount(lab, weights=c[:, a], minlength=n + 1) for a in range(3)], axis=1)
+    sums = np.stack([_sum_per_label(lab, c[:, a], n) for a in range(3)], axis=1)
     sums = np.rint(sums).astype(np.int64)
     t = np.flatnonzero(tied)
     tl = lab[t]
@@ -159,7 +159,17 @@ def _nearest_centroid(lab: np.ndarray, flat: np.ndarray, tied: np.ndarray, n: in
     return out
 
 
+# Per-label sums and maxima: np.bincount and np.maximum.at, not scipy.ndimage.sum_labels / maximum, which give
+# the same values but on the demo model's 80 x 1000 x 1000 prediction (525 k voxels above 0.8, 1605 components)
+# take 1.7 x (sum_labels also counts and scans the labels) and 45 x (maximum sorts every value) as long.
+
+def _sum_per_label(lab: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per label 0..n: the sum of ``values`` (float64) over the voxels of that label."""
+    return np.bincount(lab, weights=values, minlength=n + 1)
+
+
 def _max_per_label(lab: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per label 0..n: the maximum of ``values`` over the voxels of that label (-inf for a label without any)."""
     out = np.full(n + 1, -np.inf)
     np.maximum.at(out, lab, values)
     return out
