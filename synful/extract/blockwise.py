@@ -112,7 +112,7 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     Reads predict_config.ini ([Prediction] outputs, [Extraction] method and
     store).  Blocks already done (daisy done markers in
     ``<predict_dir>/extract_tracking``) are skipped, but only when the
-    extraction's signature is unchanged (module docstring); otherwise, and for
+    extraction's signature is unchanged (:mod:`synful.extract`); otherwise, and for
     an unfinished prediction, a collection owned by another run, markers whose
     collection lost its record or a collection of unknown partners, it raises
     :class:`ExtractionError` before anything is written, naming what differs.

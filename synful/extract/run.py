@@ -108,7 +108,7 @@ class _Run:
         self._signature_checked = False
 
     def signature_parts(self) -> dict:
-        """What the partners depend on (see the module docstring), JSON-normalised; computed once."""
+        """What the partners depend on (see :mod:`synful.extract`), JSON-normalised; computed once."""
         if self._parts is None:
             self._parts = _canonical(_signature_parts(self))
         return self._parts

@@ -154,7 +154,7 @@ def _signature_parts(run: "_Run") -> dict:
 
 
 def _check_and_claim(run: "_Run", overwrite: bool) -> dict:
-    """Refuse what a rerun must not resume (module docstring); then own the collection and write the signature.
+    """Refuse what a rerun must not resume (:mod:`synful.extract`); then own the collection and write the signature.
 
     Order matters for a kill at any point: markers go before partners, the record and the signature are
     written before any block runs.  Returns the run record stored with the collection.
