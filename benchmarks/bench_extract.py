@@ -18,7 +18,7 @@ Baselines, timed on the same arrays, interleaved with ours (best and median of `
   bounding box, numpy masked argmax and masked score, pre sites snapped to the voxel grid.  Its partners
   must equal ``find_partners(..., compat = synful)`` (checked, ``compat_identical``).
 - Synful, nms: Synful's ``synful/nms.py`` is not at hand here, so the baseline is the project's reproduction
-  of it, ``find_partners(..., compat = synful, method = nms)`` (synful.extract._synful_nms: a maximum filter
+  of it, ``find_partners(..., compat = synful, method = nms)`` (synful.extract.compat._synful_nms: a maximum filter
   over the whole block, 6-connected plateaus at their centre of mass, per-maximum measurements in a loop).
 - previous find_partners: synful/extract.py as of git revision ``--previous`` (default 2c82eaf, before the
   sparse candidate finding), loaded from git; skipped when git or the revision is missing.
@@ -85,7 +85,7 @@ def predicted_volume(shape, cache_dir: Path):
         run = demo._predict_setup(base, it, path, 2)
         predict(run, progress=False)
         done.write_text(json.dumps({"shape": list(shape), "run": str(run)}))
-    from synful.extract import _Run
+    from synful.extract.run import _Run
 
     r = _Run(run)  # reads the datasets and their 'scale' attributes as `synful extract` does
     roi = r.indicator.roi
@@ -270,7 +270,7 @@ def main(argv=None):
             "synful": {"seconds_best": round(s_best, 4), "seconds_median": round(s_med, 4),
                        "mvoxels_per_s": round(voxels / s_best / 1e6, 2), "partners": int(len(syn[0])),
                        "implementation": "synful_detection_cc (this file, from Synful's detection.py)"
-                       if method == "cc" else "find_partners compat = synful (synful.extract._synful_nms)"},
+                       if method == "cc" else "find_partners compat = synful (synful.extract.compat._synful_nms)"},
             "speedup_vs_synful": round(s_best / o_best, 2),
             "identity_vs_synful": identity(as_arrays(ours), syn, vs, args.match_nm),
         }

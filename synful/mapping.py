@@ -146,6 +146,9 @@ def lookup_segments(segmentation, points_nm, *, chunk_voxels=(64, 256, 256)) -> 
     Points are grouped into chunks of ``chunk_voxels`` and each chunk reads
     only the bounding box of its points, so scattered points never read the
     whole volume.
+
+    The one segment lookup of skeleton mapping and of extraction (pre and post segment ids,
+    :func:`synful.extract.find_partners`).
     """
     from funlib.geometry import Coordinate, Roi
 
@@ -370,21 +373,12 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
     ``functools.partial(open_run_store, predict_dir)``) and ``segmentation_spec`` ``(container, dataset)``.
     """
     import daisy
-    from funlib.geometry import Coordinate, Roi
+    from funlib.geometry import Roi
 
     if not isinstance(skeletons, Skeletons):
         skeletons = read_skeletons(skeletons)
     seg_roi = segmentation.roi
-    if distance_upper_bound is None or block_shape is None:
-        if block_shape is not None:
-            logger.warning("skeleton mapping without distance_upper_bound has no finite context: one block")
-        block, ctx = Coordinate(*seg_roi.shape), Coordinate(0, 0, 0)
-    else:
-        if len(block_shape) != 3 or any(int(b) <= 0 for b in block_shape):
-            raise MappingError(f"block_shape: expected three positive sizes in nm (z, y, x), got {block_shape}")
-        block = Coordinate(*(min(int(b), int(s)) for b, s in zip(block_shape, seg_roi.shape)))
-        c = int(np.ceil(float(distance_upper_bound))) + 1
-        ctx = Coordinate(c, c, c)
+    block, ctx = _block_layout(seg_roi, distance_upper_bound, block_shape)
     if store.count():
         store.create()  # idempotent; adds the pre-site index to collections made before it existed
     workers = max(1, int(num_workers))
@@ -407,6 +401,36 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
                       tracking_path=False)
     logger.info("skeleton mapping: %s blocks of %s nm (context %s nm), %d worker(s)", task.block_grid_shape, block,
                 ctx, workers)
+    state = _run_task(task, workers, log_dir)
+    stats = _mapped_counts(store, batch_rows)
+    if workers > 1:
+        stats["changed"] = None  # counted in the worker processes, which report nothing back
+    else:
+        stats["changed"] = int(len(np.unique(np.concatenate(mapper.changed)))) if mapper.changed else 0
+    stats["blocks"] = int(state.completed_count)
+    logger.info("skeleton mapping: %s", stats)
+    return stats
+
+
+def _block_layout(seg_roi, distance_upper_bound, block_shape):
+    """(write block, context) in nm: one block over the ROI without a bound or a block shape."""
+    from funlib.geometry import Coordinate
+
+    if distance_upper_bound is None or block_shape is None:
+        if block_shape is not None:
+            logger.warning("skeleton mapping without distance_upper_bound has no finite context: one block")
+        return Coordinate(*seg_roi.shape), Coordinate(0, 0, 0)
+    if len(block_shape) != 3 or any(int(b) <= 0 for b in block_shape):
+        raise MappingError(f"block_shape: expected three positive sizes in nm (z, y, x), got {block_shape}")
+    block = Coordinate(*(min(int(b), int(s)) for b, s in zip(block_shape, seg_roi.shape)))
+    c = int(np.ceil(float(distance_upper_bound))) + 1
+    return block, Coordinate(c, c, c)
+
+
+def _run_task(task, workers: int, log_dir):
+    """Run the mapping task with daisy; its state once every block is done (MappingError otherwise)."""
+    import daisy
+
     old_log_dir = daisy.logging.get_log_basedir()
     daisy.logging.set_log_basedir(log_dir)  # None: no daisy log files (not in the working directory)
     try:
@@ -424,6 +448,11 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
         err = (state.last_worker_error or "").strip().splitlines()
         raise MappingError(f"skeleton mapping finished {state.completed_count} of {state.total_block_count} blocks"
                            + (f" (last error: {err[-1]})" if err else "") + "; rerun")
+    return state
+
+
+def _mapped_counts(store, batch_rows: int) -> dict:
+    """How many partners the store holds, and how many of them have a pre, a post and both skeleton ids."""
     stats = {"partners": 0, "pre_mapped": 0, "post_mapped": 0, "both_mapped": 0}
     for batch in store.iter_batches(batch_rows):
         pre, post = batch["pre_skel_id"] != NO_ID, batch["post_skel_id"] != NO_ID
@@ -431,10 +460,4 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
         stats["pre_mapped"] += int(pre.sum())
         stats["post_mapped"] += int(post.sum())
         stats["both_mapped"] += int((pre & post).sum())
-    if workers > 1:
-        stats["changed"] = None  # counted in the worker processes, which report nothing back
-    else:
-        stats["changed"] = int(len(np.unique(np.concatenate(mapper.changed)))) if mapper.changed else 0
-    stats["blocks"] = int(state.completed_count)
-    logger.info("skeleton mapping: %s", stats)
     return stats

@@ -15,7 +15,10 @@ import pytest
 from scipy import ndimage
 
 from synful.config import Extraction
-from synful.extract import (_ellipsoid, _nms_peaks, _runs, _sparse_components, _sparse_sq_edt, find_partners)
+from synful.extract import find_partners
+from synful.extract.candidates import _nms_peaks
+from synful.extract.common import _ellipsoid
+from synful.extract.sparse import _runs, _sparse_components, _sparse_sq_edt
 
 VS = (40, 8, 8)
 
