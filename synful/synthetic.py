@@ -45,6 +45,7 @@ from funlib.geometry import Coordinate, Roi
 from scipy import ndimage as ndi
 
 from .errors import SynfulError
+from .io.files import atomic_write
 from .io.partners import empty_partners
 
 __all__ = [
@@ -603,6 +604,8 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
             raise SynfulError(f"{path}: exists and is {what}; remove it or pass overwrite (--overwrite)")
     vol = generate(shape, seed=seed, voxel_size=voxel_size, offset=offset, **params)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # not io.files.atomic_write: a container another process wrote meanwhile with the same parameters is
+    # kept (readers may have it open), and only a different one is swapped out
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -708,8 +711,7 @@ def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volume
     fig.tight_layout()
     out = Path(out) if out is not None else container.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

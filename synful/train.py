@@ -21,11 +21,8 @@ class-balancing weights and averaged over voxels of non-zero weight; the vector 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ConfigError, Training, read_train_config, to_dict, write_config
 from .errors import SynfulError
+from .io.files import atomic_write, git_commit, numbered_files, numbered_path, write_json
 
 __all__ = [
     "TrainError",
@@ -56,7 +54,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "log"
 SNAPSHOT_DIR = "snapshots"
-_CHECKPOINT_RE = re.compile(r"model_(\d+)\.weights\.h5")
+#: checkpoint file names in CHECKPOINT_DIR, ``{}`` the iteration (see :func:`synful.io.files.numbered_files`)
+CHECKPOINT_PATTERN = "model_{}.weights.h5"
+OPTIMIZER_PATTERN = "optimizer_{}.npz"
 
 # Synful's elastic augmentation (voxels: control points every 4 sections / 40 pixels, in-plane
 # jitter only), rotation in-plane, occasional slipped / shifted sections.
@@ -74,24 +74,17 @@ class TrainError(SynfulError):
 
 def checkpoint_path(setup_dir, iteration: int) -> Path:
     """``setup_dir/checkpoints/model_<iteration>.weights.h5``: the network weights after ``iteration`` steps."""
-    return Path(setup_dir) / CHECKPOINT_DIR / f"model_{int(iteration)}.weights.h5"
+    return numbered_path(Path(setup_dir) / CHECKPOINT_DIR, CHECKPOINT_PATTERN, iteration)
 
 
 def optimizer_state_path(setup_dir, iteration: int) -> Path:
     """``setup_dir/checkpoints/optimizer_<iteration>.npz``: the optimiser state saved with the weights."""
-    return Path(setup_dir) / CHECKPOINT_DIR / f"optimizer_{int(iteration)}.npz"
+    return numbered_path(Path(setup_dir) / CHECKPOINT_DIR, OPTIMIZER_PATTERN, iteration)
 
 
 def list_checkpoints(setup_dir) -> list[tuple[int, Path]]:
     """All ``(iteration, weights path)`` of a setup, by increasing iteration."""
-    d = Path(setup_dir) / CHECKPOINT_DIR
-    found = []
-    if d.is_dir():
-        for p in d.iterdir():
-            m = _CHECKPOINT_RE.fullmatch(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-    return sorted(found)
+    return numbered_files(Path(setup_dir) / CHECKPOINT_DIR, CHECKPOINT_PATTERN)
 
 
 def latest_checkpoint(setup_dir) -> tuple[int, Path] | None:
@@ -220,17 +213,19 @@ class KerasTrainer:
 
         path = checkpoint_path(setup_dir, self.iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp_{path.name}")
-        self.model.save_weights(str(tmp))
         store = {}
         self.optimizer.save_own_variables(store)
-        opt_path = optimizer_state_path(setup_dir, self.iteration)
-        opt_tmp = opt_path.with_name(f".tmp_{opt_path.name}")
-        with open(opt_tmp, "wb") as f:
-            np.savez(f, **{k: ops.convert_to_numpy(v) for k, v in store.items()})
-        os.replace(opt_tmp, opt_path)
-        os.replace(tmp, path)  # the weights last: a checkpoint exists only when complete
-        return path
+
+        def write_optimizer(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: ops.convert_to_numpy(v) for k, v in store.items()})
+
+        def write_checkpoint(tmp):
+            self.model.save_weights(str(tmp))
+            atomic_write(optimizer_state_path(setup_dir, self.iteration), write_optimizer)
+
+        # the weights last: a checkpoint exists only when complete
+        return atomic_write(path, write_checkpoint)
 
     def restore(self, setup_dir, iteration: int):
         """Load the weights (and, when saved, the optimiser state) of ``iteration``."""
@@ -475,15 +470,6 @@ class GpuMonitor:
         return out
 
 
-def _git_commit() -> str | None:
-    src = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _device_name() -> str:
     import platform
 
@@ -503,42 +489,16 @@ def _write_provenance(setup_dir: Path, cfg: Training, start: int, target: int, m
     import keras
     import tensorflow as tf
 
-    info = {"synful_version": __version__, "git_commit": _git_commit(), "tensorflow": tf.__version__,
+    info = {"synful_version": __version__, "git_commit": git_commit(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "device": _device_name(), "mixed_precision": mixed, "xla": cfg.xla,
             "start_iteration": start, "target_iteration": target,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(cfg)}
-    tmp = d / ".provenance.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, d / "provenance.json")
-
-
-def _summary_metadata(plugin: str):
-    from tensorflow.core.framework import summary_pb2
-
-    meta = summary_pb2.SummaryMetadata()
-    meta.plugin_data.plugin_name = plugin
-    return meta
-
-
-def write_scalar(tag: str, value: float, step: int):
-    """A TensorBoard scalar through ``tf.summary.write`` (the default writer; no tensorboard package needed)."""
-    import tensorflow as tf
-
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=_summary_metadata("scalars"))
-
-
-def write_image(tag: str, image: np.ndarray, step: int):
-    """A TensorBoard image (``(h, w)`` float in [0, 1]) through ``tf.summary.write`` as PNG."""
-    import tensorflow as tf
-
-    img = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    png = tf.io.encode_png((img * 255 + 0.5).astype(np.uint8)[..., None])
-    tensor = tf.stack([tf.as_string(img.shape[1]), tf.as_string(img.shape[0]), png])
-    tf.summary.write(tag, tensor, step=step, metadata=_summary_metadata("images"))
+    write_json(d / "provenance.json", info, default=str)
 
 
 def _image_summaries(batch, keys, step: int):
     """Central z-section of raw (output ROI), ground-truth and predicted indicator, vector lengths."""
+    import tensorflow as tf
 
     def section(a):
         a = np.asarray(a, dtype=np.float32)
@@ -547,17 +507,23 @@ def _image_summaries(batch, keys, step: int):
     def scaled(a, lo, hi):
         return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
+    def image(tag, a):
+        # rounded to uint8 here: tf.summary.image would truncate float pixels (255.5 x) instead
+        pixels = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+        tf.summary.image(tag, pixels[None, ..., None], step=step)
+
     out_roi = batch[keys.gt_indicator].spec.roi
-    write_image("raw", scaled(section(batch[keys.raw].crop(out_roi).data), -1.0, 1.0), step)
-    write_image("gt_syn_indicator", section(batch[keys.gt_indicator].data), step)
+    image("raw", scaled(section(batch[keys.raw].crop(out_roi).data), -1.0, 1.0))
+    image("gt_syn_indicator", section(batch[keys.gt_indicator].data))
     if keys.pred_indicator in batch.arrays:
-        write_image("pred_syn_indicator", section(batch[keys.pred_indicator].data), step)
+        image("pred_syn_indicator", section(batch[keys.pred_indicator].data))
     gt_len = np.linalg.norm(batch[keys.gt_vectors].data, axis=0)
     hi = float(gt_len.max()) or 1.0
-    write_image("gt_partner_vector_length", scaled(section(gt_len), 0.0, hi), step)
+    image("gt_partner_vector_length", scaled(section(gt_len), 0.0, hi))
     if keys.pred_vectors in batch.arrays:
         pred_len = np.linalg.norm(batch[keys.pred_vectors].data, axis=0)
-        write_image("pred_partner_vector_length", scaled(section(pred_len), 0.0, hi), step)
+        image("pred_partner_vector_length", scaled(section(pred_len), 0.0, hi))
+
 
 
 # --------------------------------------------------------------------------------------
@@ -578,7 +544,7 @@ def train(setup_dir, iterations: int | None = None) -> int:
     target = cfg.iterations if iterations is None else int(iterations)
     if target < 1:
         raise ConfigError(f"iterations: must be >= 1, got {target}")
-    from .models import build_unet, output_shape
+    from .models import output_shape
 
     output_shape(cfg)  # impossible shapes fail here, before any data is read
     latest = latest_checkpoint(setup_dir)
@@ -587,28 +553,60 @@ def train(setup_dir, iterations: int | None = None) -> int:
         logger.info("%s: checkpoint at iteration %d already reaches %d", setup_dir, start, target)
         return start
     samples = _training_samples(cfg)
+    trainer = _start_trainer(setup_dir, cfg, latest, target)
+    pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR,
+                                                            first=start)
+    _training_loop(setup_dir, cfg, trainer, (pipeline, request, keys, train_node), target)
+    logger.info("trained %s until iteration %d", setup_dir, trainer.iteration)
+    return trainer.iteration
 
+
+def _start_trainer(setup_dir: Path, cfg: Training, latest, target: int) -> KerasTrainer:
+    """A seeded new network and optimiser, restored from ``latest`` (``(iteration, path)`` or None); provenance written."""
+    import keras
+
+    from .models import build_unet
+
+    start = latest[0] if latest else 0
+    keras.utils.set_random_seed(cfg.seed + start)
+    trainer = KerasTrainer(cfg, build_unet(cfg))
+    if latest:
+        trainer.restore(setup_dir, start)
+        logger.info("resuming from %s (iteration %d)", latest[1], start)
+    _write_provenance(setup_dir, cfg, start, target, trainer.mixed_precision)
+    return trainer
+
+
+def _save_checkpoint(trainer: KerasTrainer, setup_dir: Path, cfg: Training):
+    trainer.save(setup_dir)
+    _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
+
+
+def _log_scalars(losses: dict, trainer: KerasTrainer, rate: float, gpu: GpuMonitor, it: int):
+    """Losses, learning rate, iterations/s and GPU state as TensorBoard scalars of step ``it``."""
+    import tensorflow as tf
+
+    for name, v in losses.items():
+        tf.summary.scalar(f"loss/{name}", v, step=it)
+    tf.summary.scalar("learning_rate", trainer.learning_rate, step=it)
+    tf.summary.scalar("iterations_per_s", rate, step=it)
+    for name, v in gpu.sample().items():
+        tf.summary.scalar(name, v, step=it)
+
+
+def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built, target: int):
+    """Request batches (each one training step) until ``target``, logging and checkpointing as ``cfg`` says."""
     import dask
     import gunpowder as gp
-    import keras
     import tensorflow as tf
     from tqdm import tqdm
 
     from .gp import seeded_request
 
-    keras.utils.set_random_seed(cfg.seed + start)
-    model = build_unet(cfg)
-    trainer = KerasTrainer(cfg, model)
-    if latest:
-        trainer.restore(setup_dir, start)
-        logger.info("resuming from %s (iteration %d)", latest[1], start)
-    _write_provenance(setup_dir, cfg, start, target, trainer.mixed_precision)
-    pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR,
-                                                            first=start)
-
+    pipeline, request, keys, train_node = built
     writer = tf.summary.create_file_writer(str(setup_dir / LOG_DIR))
     gpu = GpuMonitor()
-    saved = start
+    saved = start = trainer.iteration
     last_t, last_it = time.perf_counter(), start
     # PreCache forks its workers; dask's thread pool does not survive a fork (a worker would wait
     # forever on it), so volumes are read without threads here
@@ -629,30 +627,20 @@ def train(setup_dir, iterations: int | None = None) -> int:
                     now = time.perf_counter()
                     rate = (it - last_it) / max(now - last_t, 1e-9)
                     last_t, last_it = now, it
-                    for name, v in losses.items():
-                        write_scalar(f"loss/{name}", v, it)
-                    write_scalar("learning_rate", trainer.learning_rate, it)
-                    write_scalar("iterations_per_s", rate, it)
-                    for name, v in gpu.sample().items():
-                        write_scalar(name, v, it)
+                    _log_scalars(losses, trainer, rate, gpu, it)
                     logger.debug("iteration %d: %s, %.3g it/s", it, losses, rate)
                 if cfg.image_every and it % cfg.image_every == 0:
                     _image_summaries(batch, keys, it)
                 if it % cfg.checkpoint_every == 0:
-                    trainer.save(setup_dir)
+                    _save_checkpoint(trainer, setup_dir, cfg)
                     saved = it
-                    _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
         except KeyboardInterrupt:
             if trainer.iteration > saved:
                 logger.warning("interrupted: saving iteration %d", trainer.iteration)
-                trainer.save(setup_dir)
-                _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
+                _save_checkpoint(trainer, setup_dir, cfg)
             raise
         finally:
             bar.close()
             writer.flush()
     if trainer.iteration > saved:
-        trainer.save(setup_dir)
-        _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
-    logger.info("trained %s until iteration %d", setup_dir, trainer.iteration)
-    return trainer.iteration
+        _save_checkpoint(trainer, setup_dir, cfg)

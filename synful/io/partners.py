@@ -32,12 +32,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SynfulError, read_json_file
+from .files import atomic_write
 
 __all__ = [
     "PARTNER_DTYPE",
@@ -195,18 +195,6 @@ def partners_to_records(partners: np.ndarray) -> list[dict]:
     return recs
 
 
-def _atomic_write(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _location(v, where: str) -> tuple[int, int, int]:
     if not isinstance(v, (list, tuple)) or len(v) != 3:
         raise SynfulError(f"{where}: expected [z, y, x] in nm, got {v!r}")
@@ -256,26 +244,27 @@ def write_partners_json(partners, path) -> Path:
     """
     path = Path(path)
 
-    def write(f):
-        n = 0
-        for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
-            links = []
-            for r in partners_to_records(chunk):
-                link = {"id": r["id"]}
-                for jkey, field in _JSON_IDS.items():
-                    link[jkey] = r[field]
-                link["location_pre"] = [r["pre_z"], r["pre_y"], r["pre_x"]]
-                link["location_post"] = [r["post_z"], r["post_y"], r["post_x"]]
-                link["score"] = r["score"]
-                links.append(link)
-            if links:
-                # the list's items as json.dump(list, indent=1) writes them, one chunk at a time
-                f.write(("[\n" if n == 0 else ",\n") + json.dumps(links, indent=1)[2:-2])
-                n += len(links)
-        f.write("\n]" if n else "[]")
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            n = 0
+            for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
+                links = []
+                for r in partners_to_records(chunk):
+                    link = {"id": r["id"]}
+                    for jkey, field in _JSON_IDS.items():
+                        link[jkey] = r[field]
+                    link["location_pre"] = [r["pre_z"], r["pre_y"], r["pre_x"]]
+                    link["location_post"] = [r["post_z"], r["post_y"], r["post_x"]]
+                    link["score"] = r["score"]
+                    links.append(link)
+                if links:
+                    # the list's items as json.dump(list, indent=1) writes them, one chunk at a time
+                    f.write(("[\n" if n == 0 else ",\n") + json.dumps(links, indent=1)[2:-2])
+                    n += len(links)
+            f.write("\n]" if n else "[]")
 
-    _atomic_write(path, write)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, write)
 
 
 def read_partners_csv(path) -> np.ndarray:
@@ -310,15 +299,17 @@ def write_partners_csv(partners, path) -> Path:
     """
     path = Path(path)
 
-    def write(f):
-        w = csv.writer(f)
-        w.writerow(PARTNER_FIELDS)
-        for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
-            for r in partners_to_records(chunk):
-                w.writerow(["" if r[k] is None else (repr(r[k]) if k == "score" else r[k]) for k in PARTNER_FIELDS])
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(PARTNER_FIELDS)
+            for chunk in _partner_chunks(partners, ARROW_BATCH_ROWS):
+                for r in partners_to_records(chunk):
+                    w.writerow(["" if r[k] is None else (repr(r[k]) if k == "score" else r[k])
+                                for k in PARTNER_FIELDS])
 
-    _atomic_write(path, write)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------
@@ -391,8 +382,8 @@ def write_partners_arrow(partners, path, *, batch_rows: int = ARROW_BATCH_ROWS) 
     pa = _pyarrow()
     schema = arrow_schema()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp):
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -403,11 +394,8 @@ def write_partners_arrow(partners, path, *, batch_rows: int = ARROW_BATCH_ROWS) 
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
                 for chunk in _partner_chunks(partners, batch_rows):
                     writer.write_batch(_record_batch(pa, schema, chunk))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def _first(mask: np.ndarray) -> int:
