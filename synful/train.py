@@ -9,7 +9,9 @@
     log/                                 TensorBoard (losses, learning rate, iterations/s, GPU, images)
     snapshots/batch_<it>.zarr            raw, targets, weights, predictions
 
-A rerun resumes from the latest checkpoint; the last ``keep_checkpoints`` are kept.
+A rerun resumes from the latest checkpoint; the last ``keep_checkpoints`` are kept.  The gunpowder
+pipeline is built in :mod:`synful.train_data`; TensorBoard, GPU and provenance records in
+:mod:`synful.train_monitor`.
 
 Losses (Synful's): the indicator loss is sigmoid cross-entropy of the ``syn_indicator`` logits
 (or MSE of their sigmoid) against the 0/1 post-synaptic blob, weighted per voxel by the
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import ConfigError, Training, read_train_config, to_dict, write_config
+from .config import ConfigError, Training, read_train_config
 from .errors import SynfulError
-from .io.files import atomic_write, git_commit, numbered_files, numbered_path, write_json
+from .io.files import atomic_write, numbered_files, numbered_path
+# the pipeline and the monitoring live in their own modules; their names stay importable from here
+from .train_data import (DEFECTS, INTENSITY, Keys, _check_sample_shape, _training_samples,  # noqa: F401
+                         sample_raw_shape, training_pipeline)
+from .train_monitor import GpuMonitor, _device_name, _image_summaries, _log_scalars, _write_provenance  # noqa: F401
 
 __all__ = [
     "TrainError",
@@ -57,11 +61,6 @@ SNAPSHOT_DIR = "snapshots"
 #: checkpoint file names in CHECKPOINT_DIR, ``{}`` the iteration (see :func:`synful.io.files.numbered_files`)
 CHECKPOINT_PATTERN = "model_{}.weights.h5"
 OPTIMIZER_PATTERN = "optimizer_{}.npz"
-
-# Synful's elastic augmentation (voxels: control points every 4 sections / 40 pixels, in-plane
-# jitter only), rotation in-plane, occasional slipped / shifted sections.
-INTENSITY = dict(scale_min=0.9, scale_max=1.1, shift_min=-0.1, shift_max=0.1)
-DEFECTS = dict(prob_missing=0.03, prob_low_contrast=0.01, contrast_scale=0.5)
 
 
 class TrainError(SynfulError):
@@ -252,281 +251,6 @@ def _prune_checkpoints(setup_dir, keep: int):
 
 
 # --------------------------------------------------------------------------------------
-# the gunpowder pipeline
-# --------------------------------------------------------------------------------------
-
-def _training_samples(cfg: Training):
-    from .io.manifest import open_sample, read_manifest, read_sample_partners
-
-    samples = [s for s in read_manifest(cfg.manifest) if s.split == "train"]
-    if not samples:
-        raise TrainError(f"{cfg.manifest}: no sample with split: train ([Training] manifest)")
-    out = []
-    for s in samples:
-        if not s.labels_dataset:
-            raise TrainError(f"{cfg.manifest}: sample {s.name}: labels_dataset is needed for training "
-                             f"(targets are restricted to neurons)")
-        arrays = open_sample(s)
-        if tuple(arrays.raw.voxel_size) != tuple(cfg.voxel_size):
-            raise ConfigError(f"[Training] voxel_size {tuple(cfg.voxel_size)} differs from the voxel size "
-                              f"{tuple(arrays.raw.voxel_size)} of sample {s.name} ({s.container}/{s.raw_dataset})")
-        if arrays.raw.dtype != np.uint8:
-            raise TrainError(f"{s.container}/{s.raw_dataset}: raw must be uint8, got {arrays.raw.dtype}")
-        _check_sample_shape(cfg, s, arrays)
-        out.append((s, arrays, read_sample_partners(s, by="post")))
-    return out
-
-
-def sample_raw_shape(cfg: Training, roi) -> tuple[int, int, int]:
-    """The raw extent (voxels, z/y/x) a sample of ``roi`` (nm) offers the network: its ROI grown by the
-    network context on each side (zeros beyond the data), where the network output stays inside it."""
-    from .models import output_shape
-
-    context = np.subtract(cfg.input_shape, output_shape(cfg))
-    return tuple(int(v) for v in np.asarray(roi.shape) // np.asarray(cfg.voxel_size) + context)
-
-
-def _check_sample_shape(cfg: Training, sample, arrays):
-    from .gp.augment import required_raw_shape
-
-    have = sample_raw_shape(cfg, arrays.roi)
-    need = required_raw_shape(cfg.input_shape, elastic=cfg.elastic_augment, transpose=cfg.simple_augment)
-    if any(h < n for h, n in zip(have, need)):
-        shape = tuple(int(v) for v in np.asarray(arrays.roi.shape) // np.asarray(cfg.voxel_size))
-        margins = [k for k, on in (("elastic_augment", cfg.elastic_augment), ("simple_augment", cfg.simple_augment))
-                   if on]
-        raise TrainError(f"{cfg.manifest}: sample {sample.name}: ROI of {shape} voxels (z, y, x), {have} with the "
-                         f"network context, but training needs {need}: [Training] input_shape {tuple(cfg.input_shape)}"
-                         + (f" plus the margins of {' and '.join(margins)}" if margins else "")
-                         + " (use a larger ROI, a smaller input_shape or fewer augmentations)")
-
-
-class Keys:
-    """The gunpowder keys of the training pipeline."""
-
-    def __init__(self):
-        import gunpowder as gp
-
-        self.raw = gp.ArrayKey("RAW")
-        self.labels = gp.ArrayKey("GT_NEURON_IDS")
-        self.pre = gp.GraphKey("PRE_SITES")
-        self.post = gp.GraphKey("POST_SITES")
-        self.gt_indicator = gp.ArrayKey("GT_SYN_INDICATOR")
-        self.indicator_weights = gp.ArrayKey("INDICATOR_WEIGHTS")
-        self.gt_vectors = gp.ArrayKey("GT_PARTNER_VECTORS")
-        self.vectors_mask = gp.ArrayKey("VECTORS_MASK")
-        self.pred_indicator = gp.ArrayKey("PRED_SYN_INDICATOR")
-        self.pred_vectors = gp.ArrayKey("PRED_PARTNER_VECTORS")
-
-
-def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, first: int = 0):
-    """The gunpowder pipeline and request of one training iteration: ``(pipeline, request, keys, train_node)``.
-
-    ``samples``: ``(Sample, SampleArrays, partners)`` triples.  Per sample: raw (normalised to
-    [0, 1]; zero-padded by the network context), labels and the partner graphs, then a random
-    location whose network output lies inside the sample ROI (its input may reach beyond);
-    over all samples a random provider, the augmentations of ``cfg``, raw mapped to [-1, 1]
-    (:data:`synful.models.RAW_SCALE` / ``RAW_SHIFT``), the indicator and vector targets, rejection
-    of batches without synapse (``reject_probability``), class balancing (``balance_clip``) and
-    :class:`synful.gp.SeededPreCache` (batch ``n`` drawn with seed ``batch_seed(cfg.seed, n)``,
-    counting from ``first``; without workers, the caller seeds each request with
-    :func:`synful.gp.seeded_request`).  With a ``trainer`` a :class:`synful.gp.KerasTrain` node follows, and with a
-    ``snapshot_dir`` an :class:`synful.gp.IterationSnapshot`.  Without a trainer the request holds
-    raw and targets only (to inspect the data).
-    """
-    import gunpowder as gp
-
-    from .gp import (AddPartnerVectorMap, AddSynapseIndicator, IterationSnapshot, KerasTrain, PartnerSource,
-                     SeededPreCache, SeededReject)
-    from .gp.augment import anisotropic_elastic_augment
-    from .models import RAW_SCALE, RAW_SHIFT, head_names, output_shape
-
-    k = Keys()
-    vs = gp.Coordinate(cfg.voxel_size)
-    input_size = gp.Coordinate(cfg.input_shape) * vs
-    output_size = gp.Coordinate(output_shape(cfg)) * vs
-    context = (input_size - output_size) / 2
-
-    sources = []
-    for sample, arrays, partners in samples:
-        src = (gp.ArraySource(k.raw, arrays.raw, interpolatable=True),
-               gp.ArraySource(k.labels, arrays.labels, interpolatable=False),
-               PartnerSource(partners, k.pre, k.post)) + gp.MergeProvider()
-        src += gp.Normalize(k.raw)  # uint8 -> float32 [0, 1]
-        # raw is offered exactly on the sample ROI grown by the network context (real data where there
-        # is some, zeros beyond), so random locations keep the network output inside the sample ROI
-        src += gp.Pad(k.raw, context) + gp.Crop(k.raw, arrays.roi.grow(context, context))
-        # labels: 0 (no targets) beyond the data; they do not restrict the locations
-        src += gp.Pad(k.labels, None)
-        src += gp.RandomLocation()
-        sources.append(src)
-    pipeline = tuple(sources) + gp.RandomProvider()
-    if cfg.elastic_augment:
-        # the smallest sample bounds what a deformation may ask for (checked against the input shape up front)
-        smallest = np.min([sample_raw_shape(cfg, arrays.roi) for _, arrays, _ in samples], axis=0)
-        pipeline += anisotropic_elastic_augment(cfg.input_shape, limits={k.raw: gp.Coordinate(smallest) * vs})
-    if cfg.simple_augment:
-        pipeline += gp.SimpleAugment(mirror_only=[1, 2], transpose_only=[1, 2])
-    if cfg.intensity_augment:
-        pipeline += gp.IntensityAugment(k.raw, slab=(1, -1, -1), **INTENSITY)
-    if cfg.defect_augment:
-        pipeline += gp.DefectAugment(k.raw, axis=0, **DEFECTS)
-    pipeline += gp.IntensityScaleShift(k.raw, RAW_SCALE, RAW_SHIFT)
-    pipeline += AddSynapseIndicator(k.post, k.labels, k.gt_indicator, radius=cfg.blob_radius)
-    pipeline += AddPartnerVectorMap(k.pre, k.post, k.labels, k.gt_vectors, k.vectors_mask,
-                                    radius=cfg.d_blob_radius,
-                                    pre_context=np.maximum(np.asarray(context), cfg.max_partner_distance))
-    if cfg.reject_probability > 0:
-        # a batch "has a synapse" when some output voxel is painted; reject the others with this probability
-        n_out = int(np.prod(output_shape(cfg)))
-        pipeline += SeededReject(mask=k.gt_indicator, min_masked=0.5 / n_out,
-                                 reject_probability=cfg.reject_probability)
-    pipeline += gp.BalanceLabels(k.gt_indicator, k.indicator_weights, clipmin=cfg.balance_clip[0],
-                                 clipmax=cfg.balance_clip[1])
-    if cfg.num_workers > 0:
-        pipeline += SeededPreCache(cfg.seed, first=first, cache_size=cfg.cache_size, num_workers=cfg.num_workers)
-
-    request = gp.BatchRequest()
-    request.add(k.raw, input_size)
-    for key in (k.labels, k.gt_indicator, k.indicator_weights, k.gt_vectors, k.vectors_mask):
-        request.add(key, output_size)
-
-    train_node = None
-    if trainer is not None:
-        heads = head_names(cfg)
-        targets = {"gt_syn_indicator": k.gt_indicator, "indicator_weights": k.indicator_weights,
-                   "gt_partner_vectors": k.gt_vectors, "vectors_mask": k.vectors_mask}
-        outputs = {}
-        if "syn_indicator" in heads:
-            outputs["syn_indicator"] = k.pred_indicator
-            request.add(k.pred_indicator, output_size)
-        if "partner_vectors" in heads:
-            outputs["partner_vectors"] = k.pred_vectors
-            request.add(k.pred_vectors, output_size)
-        specs = {key: gp.ArraySpec(dtype=np.float32) for key in outputs.values()}
-        train_node = KerasTrain(trainer, inputs={"raw": k.raw}, targets=targets, outputs=outputs, array_specs=specs)
-        pipeline += train_node
-        if snapshot_dir is not None and cfg.snapshot_every > 0:
-            names = {k.raw: "volumes/raw", k.labels: "volumes/labels/neuron_ids",
-                     k.gt_indicator: "volumes/gt_syn_indicator", k.indicator_weights: "volumes/indicator_weights",
-                     k.gt_vectors: "volumes/gt_partner_vectors", k.vectors_mask: "volumes/vectors_mask",
-                     k.pred_indicator: "volumes/pred_syn_indicator", k.pred_vectors: "volumes/pred_partner_vectors"}
-            names = {key: n for key, n in names.items() if key in request}
-            pipeline += IterationSnapshot(names, output_dir=str(snapshot_dir), every=cfg.snapshot_every)
-    return pipeline, request, k, train_node
-
-
-# --------------------------------------------------------------------------------------
-# monitoring
-# --------------------------------------------------------------------------------------
-
-class GpuMonitor:
-    """Memory and utilisation of the GPUs TensorFlow uses, through pynvml; inactive without GPU."""
-
-    def __init__(self):
-        self.handles = []
-        try:
-            import tensorflow as tf
-
-            n = len(tf.config.list_physical_devices("GPU"))
-            if n == 0:
-                return
-            import pynvml
-
-            pynvml.nvmlInit()
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(n)]
-            for dev in ids[:n]:
-                if dev.isdigit():
-                    self.handles.append((dev, pynvml.nvmlDeviceGetHandleByIndex(int(dev))))
-                else:
-                    self.handles.append((dev, pynvml.nvmlDeviceGetHandleByUUID(dev)))
-        except Exception as e:  # no driver / library: monitoring is optional
-            logger.debug("GPU monitoring off: %s", e)
-            self.handles = []
-
-    def device_names(self) -> list[str]:
-        import pynvml
-
-        return [str(pynvml.nvmlDeviceGetName(h)) for _, h in self.handles]
-
-    def sample(self) -> dict[str, float]:
-        """``{"gpu<i>/memory_used_mib", "gpu<i>/memory_total_mib", "gpu<i>/utilization_percent"}``."""
-        out = {}
-        if not self.handles:
-            return out
-        import pynvml
-
-        for i, (_, h) in enumerate(self.handles):
-            try:
-                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-                util = pynvml.nvmlDeviceGetUtilizationRates(h)
-            except pynvml.NVMLError as e:
-                logger.debug("pynvml: %s", e)
-                continue
-            out[f"gpu{i}/memory_used_mib"] = mem.used / 2 ** 20
-            out[f"gpu{i}/memory_total_mib"] = mem.total / 2 ** 20
-            out[f"gpu{i}/utilization_percent"] = float(util.gpu)
-        return out
-
-
-def _device_name() -> str:
-    import platform
-
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _write_provenance(setup_dir: Path, cfg: Training, start: int, target: int, mixed: bool):
-    d = setup_dir / CHECKPOINT_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    write_config(d / "resolved_train_config.ini", cfg)
-    import keras
-    import tensorflow as tf
-
-    info = {"synful_version": __version__, "git_commit": git_commit(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "device": _device_name(), "mixed_precision": mixed, "xla": cfg.xla,
-            "start_iteration": start, "target_iteration": target,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(cfg)}
-    write_json(d / "provenance.json", info, default=str)
-
-
-def _image_summaries(batch, keys, step: int):
-    """Central z-section of raw (output ROI), ground-truth and predicted indicator, vector lengths."""
-    import tensorflow as tf
-
-    def section(a):
-        a = np.asarray(a, dtype=np.float32)
-        return a[a.shape[0] // 2]
-
-    def scaled(a, lo, hi):
-        return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-    def image(tag, a):
-        # rounded to uint8 here: tf.summary.image would truncate float pixels (255.5 x) instead
-        pixels = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-        tf.summary.image(tag, pixels[None, ..., None], step=step)
-
-    out_roi = batch[keys.gt_indicator].spec.roi
-    image("raw", scaled(section(batch[keys.raw].crop(out_roi).data), -1.0, 1.0))
-    image("gt_syn_indicator", section(batch[keys.gt_indicator].data))
-    if keys.pred_indicator in batch.arrays:
-        image("pred_syn_indicator", section(batch[keys.pred_indicator].data))
-    gt_len = np.linalg.norm(batch[keys.gt_vectors].data, axis=0)
-    hi = float(gt_len.max()) or 1.0
-    image("gt_partner_vector_length", scaled(section(gt_len), 0.0, hi))
-    if keys.pred_vectors in batch.arrays:
-        pred_len = np.linalg.norm(batch[keys.pred_vectors].data, axis=0)
-        image("pred_partner_vector_length", scaled(section(pred_len), 0.0, hi))
-
-
-
-# --------------------------------------------------------------------------------------
 # the training loop
 # --------------------------------------------------------------------------------------
 
@@ -573,25 +297,13 @@ def _start_trainer(setup_dir: Path, cfg: Training, latest, target: int) -> Keras
     if latest:
         trainer.restore(setup_dir, start)
         logger.info("resuming from %s (iteration %d)", latest[1], start)
-    _write_provenance(setup_dir, cfg, start, target, trainer.mixed_precision)
+    _write_provenance(setup_dir / CHECKPOINT_DIR, cfg, start, target, trainer.mixed_precision)
     return trainer
 
 
 def _save_checkpoint(trainer: KerasTrainer, setup_dir: Path, cfg: Training):
     trainer.save(setup_dir)
     _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
-
-
-def _log_scalars(losses: dict, trainer: KerasTrainer, rate: float, gpu: GpuMonitor, it: int):
-    """Losses, learning rate, iterations/s and GPU state as TensorBoard scalars of step ``it``."""
-    import tensorflow as tf
-
-    for name, v in losses.items():
-        tf.summary.scalar(f"loss/{name}", v, step=it)
-    tf.summary.scalar("learning_rate", trainer.learning_rate, step=it)
-    tf.summary.scalar("iterations_per_s", rate, step=it)
-    for name, v in gpu.sample().items():
-        tf.summary.scalar(name, v, step=it)
 
 
 def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built, target: int):
