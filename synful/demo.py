@@ -44,6 +44,7 @@ import shutil
 from pathlib import Path
 
 from .errors import SynfulError
+from .io.files import atomic_write, numbered_files
 
 __all__ = ["DEMO_TRAINING", "DEMO_VOXEL_SIZE", "MODEL_DIR", "VALIDATION_SEED", "TEST_SEED", "run_demo", "save_model"]
 
@@ -173,27 +174,26 @@ def _without_ground_truth(container: Path) -> Path:
 
     out = container.with_name(container.stem + "_raw.zarr")
     if not (out / RAW).exists():
-        tmp = out.with_name(f".{out.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
         raw = open_volume(container, RAW)
-        zarr.open_group(str(tmp), mode="w")
-        write_volume(tmp, RAW, raw.to_ndarray(raw.roi), raw.voxel_size, raw.roi.offset,
-                     chunk_shape=tuple(zarr.open_array(str(container / RAW), mode="r").chunks))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+
+        def write(tmp):
+            zarr.open_group(str(tmp), mode="w")
+            write_volume(tmp, RAW, raw.to_ndarray(raw.roi), raw.voxel_size, raw.roi.offset,
+                         chunk_shape=tuple(zarr.open_array(str(container / RAW), mode="r").chunks))
+
+        atomic_write(out, write)
     watershed_segmentation(out, out, raw_dataset=RAW, **DEMO_WATERSHED)
     return out
 
 
 def _checkpoint_files(model_dir: Path) -> tuple[int, Path]:
-    weights = sorted(model_dir.glob("model_*.weights.h5"))
+    from .train import CHECKPOINT_PATTERN
+
+    weights = numbered_files(model_dir, CHECKPOINT_PATTERN)
     if not weights:
         raise SynfulError(f"{model_dir}: no shipped demo model (model_<iteration>.weights.h5); "
                           f"run `synful demo --train` to train one")
-    w = weights[-1]
-    return int(w.name[len("model_"):-len(".weights.h5")]), w
+    return weights[-1]
 
 
 def _train_setup(base: Path, *, train: bool, quick: bool, iterations: int) -> tuple[Path, int]:
@@ -224,9 +224,7 @@ def _train_setup(base: Path, *, train: bool, quick: bool, iterations: int) -> tu
     target = checkpoint_path(setup, it)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(weights, tmp)
-        tmp.rename(target)
+        atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
     return setup, it
 
 
@@ -324,7 +322,7 @@ def run_demo(base_dir=None, *, train: bool = False, iterations: int | None = Non
 
 def save_model(setup_dir, iteration: int | None = None, out_dir=None) -> Path:
     """Copy a trained demo checkpoint and its train_config.ini into ``out_dir`` (default: the shipped model)."""
-    from .train import checkpoint_path, latest_checkpoint
+    from .train import CHECKPOINT_PATTERN, checkpoint_path, latest_checkpoint
 
     setup_dir = Path(setup_dir)
     out_dir = Path(out_dir) if out_dir is not None else MODEL_DIR
@@ -337,7 +335,7 @@ def save_model(setup_dir, iteration: int | None = None, out_dir=None) -> Path:
     if not src.is_file():
         raise SynfulError(f"{src}: checkpoint not found")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("model_*.weights.h5"):
+    for _, old in numbered_files(out_dir, CHECKPOINT_PATTERN):
         old.unlink()
     shutil.copyfile(src, out_dir / src.name)
     shutil.copyfile(setup_dir / "train_config.ini", out_dir / "train_config.ini")

@@ -123,6 +123,7 @@ def run_ids(setup_dir) -> RunIds:
 
 
 def _atomic_dir(target: Path, files: dict[str, str], executable: tuple = ()):
+    # not io.files.atomic_write, which replaces: a setup directory is created once and never overwritten
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -20,7 +20,6 @@ rounded to int nm, score 1.0).
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from funlib.persistence import Array
 
 from ..errors import SynfulError
+from .files import atomic_write
 from .partners import PARTNER_DTYPE, empty_partners
 from .volumes import DatasetNotFoundError, VolumeError, lookup_ids, open_volume, volume_format
 
@@ -259,8 +259,8 @@ def write_cremi(path, raw: np.ndarray, voxel_size, *, labels: np.ndarray | None 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             for name, data in ((RAW, raw), (NEURON_IDS, labels)):
                 if data is None:
@@ -271,8 +271,5 @@ def write_cremi(path, raw: np.ndarray, voxel_size, *, labels: np.ndarray | None 
                 ds.attrs["offset"] = [int(v) for v in offset]
         if partners is not None:
             write_annotations(tmp, partners, transmitters=transmitters, offset=offset)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)

@@ -31,6 +31,7 @@ from funlib.persistence import Array
 
 from ..errors import SynfulError
 from .cremi import NEURON_IDS, RAW, read_annotations
+from .files import write_text
 from .partners import NO_ID, read_partners
 from .volumes import check_roi, check_same_voxel_size, lookup_ids, open_volume
 
@@ -220,10 +221,7 @@ def write_manifest(samples, path) -> Path:
         d["split"] = s.split
         docs.append(d)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump({"samples": docs}, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text(path, yaml.safe_dump({"samples": docs}, sort_keys=False))
 
 
 def open_sample(sample: Sample) -> SampleArrays:

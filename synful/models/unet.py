@@ -46,16 +46,23 @@ RAW_SHIFT = -1.0
 _AXES = "zyx"
 
 
-def normalize_raw(raw: np.ndarray) -> np.ndarray:
+def normalize_raw(raw: np.ndarray, *, uint8_only: bool = True) -> np.ndarray:
     """The one raw normalisation of training and prediction: uint8 [0, 255] -> float32 [-1, 1].
 
     The training pipeline applies the same map in two steps (``/255``, intensity augmentation
     in [0, 1], then ``* RAW_SCALE + RAW_SHIFT``), so un-augmented training input equals this.
+    With ``uint8_only`` (the U-Net's raw) other dtypes are a ConfigError; without (the transmitter
+    classifier's raw) integer data is divided by its dtype's maximum and float data is taken as
+    already in [0, 1].
     """
     raw = np.asarray(raw)
-    if raw.dtype != np.uint8:
+    if uint8_only and raw.dtype != np.uint8:
         raise ConfigError(f"normalize_raw: expected uint8 raw, got {raw.dtype}")
-    return (raw.astype(np.float32) / np.float32(255.0)) * np.float32(RAW_SCALE) + np.float32(RAW_SHIFT)
+    if np.issubdtype(raw.dtype, np.integer):
+        unit = raw.astype(np.float32) / np.float32(np.iinfo(raw.dtype).max)
+    else:
+        unit = raw.astype(np.float32)
+    return unit * np.float32(RAW_SCALE) + np.float32(RAW_SHIFT)
 
 
 def head_names(cfg: Training) -> tuple[str, ...]:

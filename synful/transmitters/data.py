@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SynfulError
+from ..io.files import write_json
 from .db import HEMILINEAGES, SKELETONS, SYNAPSES, DocumentStore, StoreError
 
 __all__ = [
@@ -267,11 +268,7 @@ def export_collections(store: DocumentStore, database: str, out_dir) -> dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in (SYNAPSES, SKELETONS, HEMILINEAGES):
-        path = out_dir / f"{name}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(store.collection(database, name).find(), indent=1))
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = write_json(out_dir / f"{name}.json", store.collection(database, name).find(), indent=1)
     return paths
 
 

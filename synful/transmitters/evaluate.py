@@ -8,14 +8,13 @@ to the earlier class.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SynfulError
+from ..io.files import atomic_write, write_json
 
 __all__ = ["EvaluationError", "evaluate_predictions", "plot_confusion_matrix", "evaluate_run"]
 
@@ -94,12 +93,10 @@ def plot_confusion_matrix(matrix, classes: list[str], path, title: str = "synaps
             ax.text(j, i, int(m[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def evaluate_run(predict_dir) -> dict:
@@ -119,9 +116,7 @@ def evaluate_run(predict_dir) -> dict:
     for name, data in (("evaluation.json", metrics),
                        ("confusion_matrix.json", {"classes": classes, "synapses": metrics["confusion_matrix"],
                                                   "skeletons": metrics["skeleton_confusion_matrix"]})):
-        tmp = out / f".tmp-{name}"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, out / name)
+        write_json(out / name, data)
     plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", "synapses")
     plot_confusion_matrix(metrics["skeleton_confusion_matrix"], classes, out / "skeleton_confusion_matrix.png",
                           "skeletons")

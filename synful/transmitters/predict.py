@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import numpy as np
 
 from ..config import read_transmitter_predict_config, read_transmitter_train_config, to_dict, write_config
 from ..errors import SynfulError
+from ..io.files import write_json
+from ..models.unet import normalize_raw as _normalize_raw
 from .db import StoreError, open_store, prediction_collection_name
 from .train import TRAIN_CONFIG, checkpoint_path, open_raw, synapse_location
 
@@ -95,14 +96,9 @@ def normalize_raw(data: np.ndarray) -> np.ndarray:
     """Raw grey values to float32 in [-1, 1], exactly as in training (gunpowder Normalize, then 2x - 1).
 
     Integer data is divided by its dtype's maximum (uint8: 255); float data
-    is taken as already in [0, 1].
+    is taken as already in [0, 1].  (:func:`synful.models.normalize_raw` for any dtype.)
     """
-    data = np.asarray(data)
-    if np.issubdtype(data.dtype, np.integer):
-        out = data.astype(np.float32) / np.float32(np.iinfo(data.dtype).max)
-    else:
-        out = data.astype(np.float32)
-    return out * 2 - 1
+    return _normalize_raw(data, uint8_only=False)
 
 
 def read_cubes(raw, synapses: list[dict], input_shape) -> np.ndarray:
@@ -259,9 +255,7 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
         "config": to_dict(s.config),
     }
     write_config(s.predict_dir / f"resolved_{PREDICT_CONFIG}", s.config)
-    tmp = run_file.with_name(run_file.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, run_file)
+    write_json(run_file, meta)
     return meta
 
 

@@ -12,13 +12,12 @@ skeleton and hemilineage splits have groups to keep apart.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SynfulError
+from ..io.files import write_json
 
 __all__ = ["synapse_records", "write_synthetic_dataset"]
 
@@ -80,9 +79,5 @@ def write_synthetic_dataset(out_dir, *, shape=(40, 400, 400), voxel_size=(40, 8,
                                                         hemilineages_per_class=hemilineages_per_class)
     paths = {"raw": raw}
     for name, recs in (("synapses", synapses), ("skeletons", skeletons), ("hemilineages", hemilineages)):
-        path = out_dir / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(recs, indent=1))
-        os.replace(tmp, path)
-        paths[name] = path
+        paths[name] = write_json(out_dir / f"{name}.json", recs, indent=1)
     return paths

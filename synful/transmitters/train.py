@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 
 from ..config import ConfigError, read_transmitter_train_config, write_config
 from ..errors import SynfulError
+from ..io.files import atomic_write, numbered_files, numbered_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,8 @@ __all__ = [
 ]
 
 TRAIN_CONFIG = "transmitter_train_config.ini"
-_CKPT = re.compile(r"model_checkpoint_(\d+)\.keras")
+#: checkpoint file names in checkpoints/, ``{}`` the iteration (see :func:`synful.io.files.numbered_files`)
+CHECKPOINT_PATTERN = "model_checkpoint_{}.keras"
 
 
 class TransmitterTrainError(SynfulError):
@@ -56,14 +56,13 @@ class TransmitterTrainError(SynfulError):
 
 def checkpoint_path(setup_dir, iteration: int) -> Path:
     """``<setup>/checkpoints/model_checkpoint_<iteration>.keras``."""
-    return Path(setup_dir) / "checkpoints" / f"model_checkpoint_{int(iteration)}.keras"
+    return numbered_path(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN, iteration)
 
 
 def latest_checkpoint(setup_dir) -> tuple[int, Path] | None:
     """``(iteration, path)`` of the newest checkpoint in ``<setup>/checkpoints``, or None."""
-    d = Path(setup_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in (d.iterdir() if d.is_dir() else []) if (m := _CKPT.fullmatch(p.name))]
-    return max(found) if found else None
+    found = numbered_files(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN)
+    return found[-1] if found else None
 
 
 def load_training_setup(setup_dir):
@@ -157,14 +156,12 @@ def build_pipeline(cfg, raw, synapses_by_class: dict[int, list[dict]], raw_key, 
 
 
 def write_scalars(writer, scalars: dict, step: int):
-    """TensorBoard scalar summaries through TensorFlow's core summary op (no tensorboard package needed)."""
+    """``{tag: value}`` as TensorBoard scalars of ``step`` in ``writer`` (flushed)."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
 
-    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
     with writer.as_default(step=step):
         for tag, value in scalars.items():
-            tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta)
+            tf.summary.scalar(tag, float(value))
     writer.flush()
 
 
@@ -187,17 +184,12 @@ def _compile(model, cfg):
 def _prune(setup_dir, keep: int):
     if keep <= 0:
         return
-    d = Path(setup_dir) / "checkpoints"
-    found = sorted(int(m.group(1)) for p in d.iterdir() if (m := _CKPT.fullmatch(p.name)))
-    for it in found[:-keep]:
-        checkpoint_path(setup_dir, it).unlink(missing_ok=True)
+    for _, path in numbered_files(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN)[:-keep]:
+        path.unlink(missing_ok=True)
 
 
 def _save(model, setup_dir, iteration: int, keep: int) -> Path:
-    path = checkpoint_path(setup_dir, iteration)
-    tmp = path.with_name(f".tmp-{path.name}")  # ends in .keras, as keras requires; renamed when complete
-    model.save(tmp)
-    os.replace(tmp, path)
+    path = atomic_write(checkpoint_path(setup_dir, iteration), model.save)  # complete checkpoints only
     _prune(setup_dir, keep)
     return path
 
@@ -210,15 +202,9 @@ def train(setup_dir, iterations: int) -> dict:
     ``checkpoint_every`` iterations and at the end; TensorBoard scalars go to
     ``<setup>/log``.
     """
-    import dask
-    import gunpowder as gp
     import keras
-    import tensorflow as tf
 
-    from ..gp.precache import SeededPreCache, seeded_request
     from ..models.precision import layer_policy
-    from .model import vgg3d_from_config
-    from .splits import split_synapses
 
     setup_dir = Path(setup_dir).resolve()
     source = str(setup_dir / TRAIN_CONFIG)
@@ -226,6 +212,35 @@ def train(setup_dir, iterations: int) -> dict:
     iterations = int(iterations)
     if iterations < 1:
         raise TransmitterTrainError(f"iterations {iterations}: must be >= 1")
+    synapses, by_class = _training_synapses(cfg, classes, store, source)
+    raw = open_raw(cfg.raw_container, cfg.raw_dataset, cfg.voxel_size, f"{source} [TransmitterTraining]")
+
+    policy = layer_policy(cfg.mixed_precision, f"{source} [TransmitterTraining] mixed_precision")
+    keras.utils.set_random_seed(cfg.seed)
+    _write_setup_records(setup_dir, cfg, classes, source)
+    latest = latest_checkpoint(setup_dir)
+    start, model = _resume_or_build(latest, cfg, classes, policy)
+    if start >= iterations:
+        logger.info("already trained to iteration %d >= %d", start, iterations)
+        return {"iteration": start, "checkpoint": str(latest[1]), "classes": classes,
+                "train_synapses": len(synapses)}
+    keys = _keys()
+    path = _training_loop(setup_dir, cfg, classes, model, build_pipeline(cfg, raw, by_class, *keys), keys, start,
+                          iterations)
+    return {"iteration": iterations, "checkpoint": str(path), "classes": classes, "train_synapses": len(synapses)}
+
+
+def _keys():
+    """The gunpowder keys of raw and class label."""
+    import gunpowder as gp
+
+    return gp.ArrayKey("RAW"), gp.ArrayKey("LABEL")
+
+
+def _training_synapses(cfg, classes: list[str], store, source: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """The split's train synapses (closing ``store``) and them by class index; an error when there are none."""
+    from .splits import split_synapses
+
     with store:
         synapses = split_synapses(store, cfg.database, cfg.split_name, "train", synapse_types=cfg.synapse_types,
                                   neither_class=cfg.neither_class)
@@ -236,41 +251,55 @@ def train(setup_dir, iterations: int) -> dict:
     missing = [classes[i] for i, s in by_class.items() if not s]
     if missing:
         logger.warning("no training synapses of class(es) %s: they are never sampled", ", ".join(missing))
-    raw = open_raw(cfg.raw_container, cfg.raw_dataset, cfg.voxel_size, f"{source} [TransmitterTraining]")
+    return synapses, by_class
 
-    policy = layer_policy(cfg.mixed_precision, f"{source} [TransmitterTraining] mixed_precision")
-    keras.utils.set_random_seed(cfg.seed)
+
+def _write_setup_records(setup_dir: Path, cfg, classes: list[str], source: str):
+    """``checkpoints/resolved_transmitter_train_config.ini`` and ``checkpoints/classes.json`` (which must not change)."""
     (setup_dir / "checkpoints").mkdir(exist_ok=True)
     write_config(setup_dir / "checkpoints" / "resolved_transmitter_train_config.ini", cfg)
     classes_file = setup_dir / "checkpoints" / "classes.json"
     if classes_file.is_file() and json.loads(classes_file.read_text()) != classes:
         raise TransmitterTrainError(f"{source}: classes {classes} differ from those of the existing checkpoints "
                                     f"{json.loads(classes_file.read_text())} (start a new setup)")
-    classes_file.write_text(json.dumps(classes))
+    write_json(classes_file, classes, indent=None)
 
-    latest = latest_checkpoint(setup_dir)
-    if latest is not None:
-        start, path = latest
-        logger.info("resuming from %s", path)
-        model = keras.models.load_model(path)
-        if _model_policy(model) != policy:
-            logger.warning("%s was trained with layer policy %s, now %s: its weights are kept, the optimizer "
-                           "state starts anew", path, _model_policy(model), policy)
-            weights = model.get_weights()
-            model = vgg3d_from_config(cfg, len(classes), dtype=policy)
-            model.set_weights(weights)
-            _compile(model, cfg)
-    else:
-        start = 0
+
+def _resume_or_build(latest, cfg, classes: list[str], policy: str):
+    """``(start iteration, compiled model)``: the ``latest`` checkpoint (rebuilt when its layer policy is not
+    ``policy``, keeping the weights) or a new VGG3D."""
+    import keras
+
+    from .model import vgg3d_from_config
+
+    if latest is None:
         model = vgg3d_from_config(cfg, len(classes), dtype=policy)
         _compile(model, cfg)
-    if start >= iterations:
-        logger.info("already trained to iteration %d >= %d", start, iterations)
-        return {"iteration": start, "checkpoint": str(latest[1]), "classes": classes,
-                "train_synapses": len(synapses)}
+        return 0, model
+    start, path = latest
+    logger.info("resuming from %s", path)
+    model = keras.models.load_model(path)
+    if _model_policy(model) != policy:
+        logger.warning("%s was trained with layer policy %s, now %s: its weights are kept, the optimizer "
+                       "state starts anew", path, _model_policy(model), policy)
+        weights = model.get_weights()
+        model = vgg3d_from_config(cfg, len(classes), dtype=policy)
+        model.set_weights(weights)
+        _compile(model, cfg)
+    return start, model
 
-    raw_key, label_key = gp.ArrayKey("RAW"), gp.ArrayKey("LABEL")
-    pipeline = build_pipeline(cfg, raw, by_class, raw_key, label_key) + gp.Stack(cfg.batch_size)
+
+def _training_loop(setup_dir: Path, cfg, classes: list[str], model, pipeline, keys, start: int,
+                   iterations: int) -> Path:
+    """Train on batches ``start + 1 .. iterations``, logging and checkpointing; return the last checkpoint."""
+    import dask
+    import gunpowder as gp
+    import tensorflow as tf
+
+    from ..gp.precache import SeededPreCache, seeded_request
+
+    raw_key, label_key = keys
+    pipeline += gp.Stack(cfg.batch_size)
     if cfg.num_workers > 0:
         pipeline += SeededPreCache(cfg.seed, first=start, cache_size=cfg.cache_size, num_workers=cfg.num_workers)
     voxel_size = gp.Coordinate(cfg.voxel_size)
@@ -301,7 +330,7 @@ def train(setup_dir, iterations: int) -> dict:
             if it % cfg.checkpoint_every == 0 or it == iterations:
                 path = _save(model, setup_dir, it, cfg.keep_checkpoints)
     writer.close()
-    return {"iteration": iterations, "checkpoint": str(path), "classes": classes, "train_synapses": len(synapses)}
+    return path
 
 
 def submit_training(setup_dir, iterations: int, *, executor: str = "slurm"):
