@@ -82,7 +82,8 @@ def predicted_volume(shape, cache_dir: Path):
         write_manifest([Sample(name="test", container=str(path), annotations=str(path), split="test")],
                        data / "manifest.yaml")
         _, it = demo._train_setup(base, train=False, quick=False, iterations=demo.DEMO_ITERATIONS)
-        run = demo._predict_setup(base, it, path, 2)
+        # the demo's protocol: predict the raw-only container that holds the watershed extraction reads
+        run = demo._predict_setup(base, it, demo._without_ground_truth(path), 2, gt_container=path)
         predict(run, progress=False)
         done.write_text(json.dumps({"shape": list(shape), "run": str(run)}))
     from synful.extract.run import _Run

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import types
 import typing
 from pathlib import Path
 
+from ..io.files import write_text
 from .keys import ConfigError, _format_value, _hints, _type_name, default_of, has_default, section_name
 from .sections import (PREDICT_SECTIONS, TRAIN_SECTIONS, TRANSMITTER_PREDICT_SECTIONS, TRANSMITTER_TRAIN_SECTIONS,
                        WORKER_SECTIONS)
@@ -119,10 +119,7 @@ def write_config(path, *sections) -> Path:
                 kv[k] = [tuple(x) for x in v]
     text = render_template(tuple(type(s) for s in sections), values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def config_reference_markdown() -> str:

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..config import Evaluation
+from ..io.files import atomic_write
 
 
 def results_filename(score_thr: float) -> str:
     """``results_thr<thr>.json`` with the threshold written exactly and shortest (0, 0.5, 120)."""
     return f"results_thr{np.format_float_positional(float(score_thr), trim='-')}.json"
-
-
-def _atomic_write(path: Path, write_fn):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _best(results: list[dict]) -> dict:
@@ -63,7 +53,7 @@ def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
@@ -82,13 +72,13 @@ def write_results(results: list[dict], out_dir, *, inputs: dict | None = None, t
         return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
     for r in results:
-        _atomic_write(out_dir / results_filename(r["score_thr"]), dump({**r, "inputs": inputs}))
+        atomic_write(out_dir / results_filename(r["score_thr"]), dump({**r, "inputs": inputs}))
     best = _best(results)
     keys = ("score_thr", "fscore", "precision", "recall", "tpcount", "fpcount", "fncount", "predcount", "gtcount",
             "num_clustered")
     summary = {"best": {k: best[k] for k in keys}, "sweep": [{k: r[k] for k in keys} for r in results],
                "matching": best["matching"], "settings": best["settings"], "inputs": inputs}
-    _atomic_write(out_dir / "summary.json", dump(summary))
+    atomic_write(out_dir / "summary.json", dump(summary))
     plot_precision_recall(results, out_dir / "precision_recall.png", title)
     return out_dir
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SynfulError
+from ..io.files import atomic_write
 from ..io.partners import NO_ID
 from .common import HISTOGRAM_FILE, SUMMARY_FILE, TASK_ID, TRACKING_DIR, ExtractionError, _write_json
 from .partners import find_partners
@@ -264,7 +265,7 @@ def _histogram(scores: np.ndarray, path: Path, bins: int, title: str):
     ax.set_ylabel("partners")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SynfulError
+from ..io.files import write_json
 
 TASK_ID = "extract"
 TRACKING_DIR = "extract_tracking"
@@ -64,10 +64,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 def _write_json(path: Path, data):
     """Write ``data`` to ``path`` atomically (a reader sees the old or the new file, never half of one)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
+        write_json(path, data, indent=1, default=str)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ExtractionError(f"{path}: cannot write: {e.strerror or e}") from None

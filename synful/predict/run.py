@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from ..config import Worker, read_worker_config, to_dict, write_config
+from ..io.files import git_commit, write_json
 from .arrays import indicator_scale, prepare_outputs, vectors_scale
 from .network import BlockPredictor
 from .plan import HEAD_INDICATOR, PredictionError, PredictionPlan, _fmt_roi, plan_prediction, signature_path
@@ -27,24 +27,13 @@ from .workers import _WorkerSpawner
 logger = logging.getLogger("synful.predict")
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, data: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, default=str, newline=True)
 
 
 @dataclass(frozen=True)
@@ -229,7 +218,7 @@ def _run_metadata(plan: PredictionPlan, state, stats: dict, *, run_id: str, sign
         "checkpoint": str(plan.checkpoint),
         "iteration": p.iteration,
         "synful_version": _version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "start": start,
         "end": end,
         "wall_seconds": round(wall, 3),
