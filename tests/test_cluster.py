@@ -189,13 +189,11 @@ def test_discover_gpus_respects_hidden_devices(monkeypatch, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
-def test_block_worker_count_and_gpu_assignment():
+def test_block_worker_count():
     assert cluster.block_worker_count(Worker(num_block_workers=3), gpus=[0]) == 3
     assert cluster.block_worker_count(Worker(), gpus=[0, 1, 2, 3]) == 4
     assert cluster.block_worker_count(Worker(), gpus=[]) == max(1, (os.cpu_count() or 2) // 2)
     assert cluster.block_worker_count(Worker(executor="slurm"), gpus=[0, 1]) == 1
-    assert [cluster.worker_gpu(i, [2, 3]) for i in range(5)] == [2, 3, 2, 3, 2]
-    assert cluster.worker_gpu(7, []) is None
 
 
 # --------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ running job:
   in the setup directory; :func:`status` reports recorded jobs, the last
   checkpoint and the log tail;
 - :func:`discover_gpus` lists the GPUs of this machine through NVML, and
-  :func:`block_worker_count` / :func:`worker_gpu` spread blockwise workers
-  over them;
+  :func:`block_worker_count` sizes the blockwise workers by them (each
+  worker takes a free GPU through a file lock, :mod:`synful.predict`);
 - :func:`serve_blocks` is the block loop of every blockwise worker: it ends the
   worker when its daisy scheduler is gone (:class:`SchedulerLost`).
 
@@ -64,7 +64,7 @@ from __future__ import annotations
 from .containers import container_command, synful_command
 from .errors import ClusterError, SchedulerLost
 from .executors import check_worker, launch
-from .gpus import _import_nvml, block_worker_count, discover_gpus, worker_gpu  # noqa: F401
+from .gpus import _import_nvml, block_worker_count, discover_gpus  # noqa: F401
 from .handles import JobHandle, LocalJob
 from .profiles import PROFILE_DIR, Profile, load_profile, resolve_worker
 from .records import JOBS_FILE, job_state, read_job_records  # noqa: F401
@@ -83,7 +83,6 @@ __all__ = [
     "SlurmJob",
     "discover_gpus",
     "block_worker_count",
-    "worker_gpu",
     "load_profile",
     "resolve_worker",
     "container_command",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import Optional
 
 from ..config import Worker
 
@@ -67,7 +67,3 @@ def block_worker_count(worker_cfg: Worker, gpus: Optional[list[int]] = None) -> 
     gpus = discover_gpus() if gpus is None else gpus
     return len(gpus) if gpus else max(1, (os.cpu_count() or 2) // 2)
 
-
-def worker_gpu(worker_id: int, gpus: Sequence[int]) -> Optional[int]:
-    """The GPU of local blockwise worker ``worker_id`` (round robin over ``gpus``); None without GPUs."""
-    return gpus[int(worker_id) % len(gpus)] if gpus else None
