@@ -195,8 +195,8 @@ def _run_extraction_config(predict_dir: Path, extraction) -> dict:
             used = json.loads(summary.read_text()).get("config")
             if isinstance(used, dict):
                 return used
-        except (OSError, ValueError, AttributeError):
-            pass
+        except (OSError, ValueError, AttributeError) as e:
+            logger.warning("%s: unreadable (%s); taking the [Extraction] settings from the config", summary, e)
     return json.loads(json.dumps(to_dict(extraction)))
 
 
