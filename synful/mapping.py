@@ -340,7 +340,7 @@ class _BlockMapper:
 def _map_worker(spec: dict) -> None:
     """A daisy worker process of :func:`map_run`: opens its own store and segmentation, maps blocks until the
     scheduler has none left (a failed block is reported, not done, and the next one served)."""
-    import daisy
+    import daisy.v2 as daisy
 
     from .cluster import serve_blocks
     from .io.volumes import open_volume
@@ -372,7 +372,7 @@ def map_run(store, skeletons, segmentation, *, distance_upper_bound=None, min_sk
     segmentation, so it needs ``store_factory`` (a picklable callable returning this store, e.g.
     ``functools.partial(open_run_store, predict_dir)``) and ``segmentation_spec`` ``(container, dataset)``.
     """
-    import daisy
+    import daisy.v2 as daisy
     from funlib.geometry import Roi
 
     if not isinstance(skeletons, Skeletons):
@@ -429,10 +429,11 @@ def _block_layout(seg_roi, distance_upper_bound, block_shape):
 
 def _run_task(task, workers: int, log_dir):
     """Run the mapping task with daisy; its state once every block is done (MappingError otherwise)."""
-    import daisy
+    import daisy.logging as daisy_logging
+    import daisy.v2 as daisy
 
-    old_log_dir = daisy.logging.get_log_basedir()
-    daisy.logging.set_log_basedir(log_dir)  # None: no daisy log files (not in the working directory)
+    old_log_dir = daisy_logging.get_log_basedir()
+    daisy_logging.set_log_basedir(log_dir)  # None: no daisy log files (not in the working directory)
     try:
         states = daisy.run_blockwise([task], multiprocessing=workers > 1, progress=False, block_tracking=False,
                                      return_states=True, summary=False)
@@ -442,7 +443,7 @@ def _run_task(task, workers: int, log_dir):
         raise MappingError(f"skeleton mapping stopped at a failed block ({type(e).__name__}: {e}); rerun: "
                            f"finished blocks are rewritten with the same ids") from e
     finally:
-        daisy.logging.set_log_basedir(old_log_dir)
+        daisy_logging.set_log_basedir(old_log_dir)
     state = states["map_skeletons"]
     if state.completed_count != state.total_block_count:
         err = (state.last_worker_error or "").strip().splitlines()

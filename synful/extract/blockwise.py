@@ -57,7 +57,7 @@ def run_worker(predict_dir) -> None:
     server is gone the worker exits with :class:`synful.cluster.SchedulerLost` (see
     :func:`synful.cluster.serve_blocks`).
     """
-    import daisy
+    import daisy.v2 as daisy
 
     from ..cluster import serve_blocks
 
@@ -131,12 +131,13 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
     store that stops answering fails the run within about
     :data:`synful.store.OUTAGE_BUDGET_S` + 2 x its timeouts.
     """
-    import daisy
+    import daisy.logging as daisy_logging
+    import daisy.v2 as daisy
 
     predict_dir = Path(predict_dir).resolve()
     run, worker_cfg = _start(predict_dir, overwrite, executor)
     store = run.store
-    daisy.logging.set_log_basedir(predict_dir / "log" / "extract")
+    daisy_logging.set_log_basedir(predict_dir / "log" / "extract")
     workers = int(num_workers or _num_workers(predict_dir))
     task = _task(run, worker_cfg, workers, multiprocessing)
     _, _, write_roi = run.block_geometry()
@@ -190,7 +191,7 @@ def _start(predict_dir: Path, overwrite: bool, executor: str | None):
 
 def _task(run: _Run, worker_cfg, workers: int, multiprocessing: bool):
     """The daisy task over the run's blocks: Slurm worker jobs, local worker processes or serial blocks."""
-    import daisy
+    import daisy.v2 as daisy
 
     predict_dir = run.predict_dir
     total, read_roi, write_roi = run.block_geometry()
