@@ -142,7 +142,8 @@ def _run_predict(args) -> int:
     meta = predict(args.predict_dir, overwrite=args.overwrite, progress=not args.no_progress,
                    executor="slurm" if args.submit else None)
     b = meta["blocks"]
-    print(f"predicted {b['total']} blocks ({b['skipped']} already done) in {meta['wall_seconds']:.1f} s, "
+    print(f"{b['total']} blocks: {b['processed']} predicted, {b['skipped']} already done, in "
+          f"{meta['wall_seconds']:.1f} s, "
           f"{(meta['voxels_per_second'] or 0) / 1e6:.3f} Mvoxel/s; outputs in {meta['config']['out_container']}")
     return 0
 
@@ -174,8 +175,9 @@ def _run_extract(args) -> int:
 
     s = extract(args.predict_dir, overwrite=args.overwrite, num_workers=args.workers,
                 multiprocessing=not args.serial, executor="slurm" if args.submit else None)
-    print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks, "
-          f"{s['blocks_skipped']} already done); score histogram {s['histogram']}")
+    print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks: "
+          f"{s['blocks_total'] - s['blocks_skipped']} extracted, {s['blocks_skipped']} already done); "
+          f"score histogram {s['histogram']}")
     return 0
 
 

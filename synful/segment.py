@@ -144,7 +144,7 @@ def watershed_segmentation(raw_container, out_container, *, raw_dataset: str = "
             logger.info("%s/%s: reusing the watershed segmentation (same parameters)", out_container, out_dataset)
             return out_container
         raise SynfulError(f"{out_container}/{out_dataset}: exists with other parameters ({json.dumps(existing)}); "
-                          f"remove it or pass overwrite (--overwrite)")
+                          f"remove it or use --overwrite")
     raw = open_volume(raw_container, raw_dataset)
     data = raw.to_ndarray(raw.roi)
     if data.ndim != 3:

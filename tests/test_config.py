@@ -140,7 +140,20 @@ def test_missing_file_and_garbage(tmp_path):
         read_worker_config(tmp_path / "nope.ini")
     p = tmp_path / "worker_config.ini"
     p.write_text("executor = local\n")
-    with pytest.raises(ConfigError, match="not a valid ini file"):
+    with pytest.raises(ConfigError, match="line 1: not a valid ini file"):
+        read_worker_config(p)
+
+
+def test_ini_syntax_and_encoding_errors_name_the_line(tmp_path):
+    p = tmp_path / "worker_config.ini"
+    p.write_text("[Worker]\nexecutor = local\nthis line has no equals sign\n")
+    with pytest.raises(ConfigError, match=r"worker_config.ini: line 3: not a valid ini file"):
+        read_worker_config(p)
+    p.write_text("[Worker]\nexecutor = local\nexecutor = slurm\n")
+    with pytest.raises(ConfigError, match=r"worker_config.ini: line 3: not a valid ini file.*executor"):
+        read_worker_config(p)
+    p.write_bytes(b"[Worker]\n# caf\xe9\nexecutor = local\n")
+    with pytest.raises(ConfigError, match=r"worker_config.ini: line 2: not UTF-8 text \(byte 0xe9\)"):
         read_worker_config(p)
 
 

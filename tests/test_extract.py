@@ -386,7 +386,12 @@ def test_cli_extract_and_export(tmp_path, capsys):
     ind_u8, vec = random_prediction((16, 64, 64), 10, seed=9)
     pdir = make_run(tmp_path, ind_u8, vec, block_shape=(64, 128, 128), context=(32, 32, 32))
     assert main(["extract", str(pdir), "--serial"]) == 0
-    assert "partners in sqlite:///" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "partners in sqlite:///" in out
+    n = int(out.split("blocks: ")[0].rsplit("(", 1)[1])
+    assert f"({n} blocks: {n} extracted, 0 already done)" in out
+    assert main(["extract", str(pdir), "--serial"]) == 0  # a rerun says it did nothing
+    assert f"({n} blocks: 0 extracted, {n} already done)" in capsys.readouterr().out
     ref = reference(ind_u8, vec)
     for name in ("out.json", "out.csv"):
         assert main(["export", str(pdir), str(tmp_path / name)]) == 0

@@ -29,8 +29,11 @@ def read_config(path: str | os.PathLike, sections: tuple = (), *, resolve_paths:
     parser.optionxform = str  # keys are case-sensitive
     try:
         parser.read(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{source}: line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
     except configparser.Error as e:
-        raise ConfigError(f"{source}: not a valid ini file: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{source}: {_ini_error_line(e)}not a valid ini file: {str(e).splitlines()[0]}") from None
     by_name = {section_name(c): c for c in sections}
     for s in parser.sections():
         if s not in by_name:
@@ -42,6 +45,14 @@ def read_config(path: str | os.PathLike, sections: tuple = (), *, resolve_paths:
             raise ConfigError(f"{source} [{name}]: missing section")
         out[cls] = cls(**section_values(cls, dict(parser.items(name)), f"{source} [{name}]", base_dir))
     return out
+
+
+def _ini_error_line(e: configparser.Error) -> str:
+    """``"line N: "`` for a configparser error that knows where it happened, else ``""``."""
+    lineno = getattr(e, "lineno", None)
+    if lineno is None and getattr(e, "errors", None):  # ParsingError: [(lineno, line), ...]
+        lineno = e.errors[0][0]
+    return f"line {lineno}: " if lineno is not None else ""
 
 
 def read_train_config(path) -> Training:

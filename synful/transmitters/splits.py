@@ -172,7 +172,7 @@ def create_split(store: DocumentStore, database: str, name: str, *, kind: str = 
     class_names(synapse_types, neither_class)
     splits, info = store.collection(database, SPLITS), store.collection(database, SPLIT_INFO)
     if not overwrite and info.count({"split": name}):
-        raise StoreError(f"{store.url} {database}.{SPLITS}: split {name!r} exists (pass overwrite to replace it)")
+        raise StoreError(f"{store.url} {database}.{SPLITS}: split {name!r} exists (use --overwrite to replace it)")
     synapses = store.collection(database, SYNAPSES).find()
     skeletons = store.collection(database, SKELETONS).find()
     if not synapses:
