@@ -382,6 +382,16 @@ def test_killed_run_resumes_to_the_identical_set(tmp_path):
         np.testing.assert_array_equal(store.query(), reference(ind_u8, vec))
 
 
+def test_a_missing_segmentation_names_the_keys_not_prediction(tmp_path, capsys):
+    ind_u8, vec = random_prediction((16, 64, 64), 10, seed=9)
+    pdir = make_run(tmp_path, ind_u8, vec, seg_container=str(pdir_seg := tmp_path / "seg.zarr"),
+                    seg_dataset="volumes/segmentation")
+    pdir_seg.mkdir()
+    assert main(["extract", str(pdir), "--serial"]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation dataset" in err and "seg_container" in err and "run prediction first" not in err
+
+
 def test_cli_extract_and_export(tmp_path, capsys):
     ind_u8, vec = random_prediction((16, 64, 64), 10, seed=9)
     pdir = make_run(tmp_path, ind_u8, vec, block_shape=(64, 128, 128), context=(32, 32, 32))

@@ -14,14 +14,15 @@ from .common import SIGNATURE_FILE, TRACKING_DIR, ExtractionError, _read_json
 from .signature import _canonical, _changes, _hash, _signature_parts
 
 
-def _open_array(container, dataset, what: str):
-    """A funlib.persistence Array of ``container/dataset``; ExtractionError naming it when it cannot be opened."""
+def _open_array(container, dataset, what: str, hint: str = "run prediction first?"):
+    """A funlib.persistence Array of ``container/dataset``; ExtractionError naming it (and ``hint``) when it
+    cannot be opened."""
     from ..io.volumes import open_volume
 
     try:
         return open_volume(str(container), dataset)
     except SynfulError as e:
-        raise ExtractionError(f"{e} (the {what} dataset; run prediction first?)") from None
+        raise ExtractionError(f"{e} (the {what} dataset; {hint})") from None
     except Exception as e:
         raise ExtractionError(f"{container} [{dataset}]: cannot open {what} dataset: {e}") from None
 
@@ -93,7 +94,9 @@ class _Run:
                 f"voxel size {self.vectors.voxel_size} vs {self.indicator.roi}, {self.indicator.voxel_size})")
         self.segmentation = None
         if self.cfg.seg_container is not None:
-            self.segmentation = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation")
+            self.segmentation = _open_array(self.cfg.seg_container, self.cfg.seg_dataset, "segmentation",
+                                            "check [Extraction] seg_container / seg_dataset, or `synful segment` "
+                                            "to make one from the raw")
         if self.cfg.split_by_segment:
             where = f"{self.predict_dir / 'predict_config.ini'} [Extraction] split_by_segment"
             if self.segmentation is None:
