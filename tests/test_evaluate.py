@@ -71,6 +71,19 @@ def test_filter_seg_ids_and_score_threshold():
     assert list(out["id"]) == [3]
 
 
+def test_filters_removing_every_prediction_are_reported(caplog):
+    pred = P(L((0, 0, 0), (0, 0, 50), seg=(0, 2)), L((0, 0, 0), (0, 0, 90), seg=(3, 0)))
+    gt = P(L((0, 0, 0), (0, 0, 50), seg=(1, 2)))
+    with caplog.at_level("WARNING", logger="synful.evaluate"):
+        (res,) = evaluate(pred, gt, S(filter_seg_ids=[0]), where="case")
+    assert res["predcount"] == 0
+    assert "case: filter_seg_ids / filter_same_id remove all 2 predictions" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="synful.evaluate"):
+        evaluate(pred, gt, S(filter_seg_ids=[7]), where="case")
+    assert "remove all" not in caplog.text
+
+
 @pytest.mark.parametrize("kind", ["seg", "skel"])
 def test_filter_same_id(kind):
     other = "skel" if kind == "seg" else "seg"

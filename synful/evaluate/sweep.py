@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import EVALUATION_RULES, Evaluation, to_dict, uses_geodesic
 from ..io.skeletons import SkeletonError, load_skeleton
-from .common import _ID_FIELDS, _MODE_IDS, EvaluationError, _as_partners, check_inputs
+from .common import _ID_FIELDS, _MODE_IDS, EvaluationError, _as_partners, check_inputs, logger
 from .filters import _geodesic_edges, _redundancy_edges, _redundant_keep, _static_mask
 from .matching import _assign, _match_edges
 
@@ -64,6 +64,8 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
 
     # one pass shared by all thresholds and neurons
     static = np.flatnonzero(_static_mask(pred, settings))
+    if len(pred) and not len(static):  # predcount 0 would otherwise look like an empty run
+        logger.warning("%s: filter_seg_ids / filter_same_id remove all %d predictions", where, len(pred))
     cand = pred[static]
     red_edges = (_redundancy_edges(cand, settings) if settings.filter_redundant and not uses_geodesic(settings)
                  else np.empty((0, 2), np.int64))
