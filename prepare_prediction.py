@@ -17,10 +17,13 @@ def main(argv=None) -> int:
     p.add_argument("-d", "--base-dir", default=str(Path(__file__).resolve().parent / "experiments"),
                    help="experiments base directory (default: experiments/ beside this script)")
     p.add_argument("-v", "--validation", action="store_true", help="predict the validation split (default: test)")
+    p.add_argument("--allow-missing-checkpoints", action="store_true",
+                   help="scaffold even when an iteration has no checkpoint yet (training still running)")
     args = p.parse_args(argv)
     try:
         for d in create_predict_setups(args.base_dir, args.experiment, args.train_id, args.iterations,
-                                       validation=args.validation):
+                                       validation=args.validation,
+                                       require_checkpoints=not args.allow_missing_checkpoints):
             print(f"created {d}")
         return 0
     except SynfulError as e:

@@ -193,13 +193,32 @@ def _next_predict_id(base_dir, experiment: str, train_id: int) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def _check_checkpoints(train_dir: Path, kind: str, iterations: list[int]) -> None:
+    """ScaffoldError naming the first iteration without a checkpoint in ``train_dir`` and the ones there are."""
+    if kind == "transmitter":
+        from .transmitters.train import CHECKPOINT_PATTERN as pattern
+        from .transmitters.train import checkpoint_path
+    else:
+        from .train import CHECKPOINT_PATTERN as pattern
+        from .train import checkpoint_path
+    from .io.files import numbered_files
+
+    for it in iterations:
+        path = checkpoint_path(train_dir, it)
+        if not path.is_file():
+            have = [n for n, _ in numbered_files(path.parent, pattern)]
+            raise ScaffoldError(f"{path}: no checkpoint for iteration {it} (there: {have or 'none'}; train first, "
+                                f"or pass --allow-missing-checkpoints to scaffold ahead of training)")
+
+
 def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, *, validation: bool = False,
-                          overrides: dict | None = None) -> list[Path]:
+                          overrides: dict | None = None, require_checkpoints: bool = False) -> list[Path]:
     """Create one ``03_predict/setup_t<T>_p<P>`` per checkpoint iteration.
 
     P counts up from the highest existing predict id of this train setup.
     ``split_part`` is ``validation`` with ``validation=True``, else ``test``.
-    Raises ScaffoldError when the train setup does not exist.
+    Raises ScaffoldError when the train setup does not exist, and with
+    ``require_checkpoints`` when an iteration has no checkpoint file.
     """
     _check_name(experiment)
     train_dir = train_setup_dir(base_dir, experiment, train_id)
@@ -211,6 +230,8 @@ def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, 
     iterations = [int(i) for i in iterations]
     if not iterations or any(i < 1 for i in iterations):
         raise ScaffoldError(f"iterations {iterations}: give one or more checkpoint iterations >= 1")
+    if require_checkpoints:
+        _check_checkpoints(train_dir, kind, iterations)
     overrides = overrides or {}
     created = []
     p = _next_predict_id(base_dir, experiment, train_id)

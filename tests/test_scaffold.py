@@ -26,7 +26,16 @@ def test_prepare_scripts_layout(tmp_path):
     read_train_config(t / "train_config.ini")
     read_worker_config(t / "worker_config.ini")
 
+    # no checkpoint yet: refused, naming the file, unless scaffolding ahead of training is asked for
     r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "1000", "2000", "-d", str(tmp_path))
+    assert r.returncode != 0 and "model_1000.weights.h5: no checkpoint for iteration 1000 (there: none" in r.stderr
+    assert not (tmp_path / "exp" / "03_predict").exists()
+    (t / "checkpoints").mkdir()
+    (t / "checkpoints" / "model_1000.weights.h5").write_bytes(b"")
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "1000", "2000", "-d", str(tmp_path))
+    assert r.returncode != 0 and "iteration 2000 (there: [1000]" in r.stderr
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "1000", "2000", "-d", str(tmp_path),
+             "--allow-missing-checkpoints")
     assert r.returncode == 0, r.stderr
     p0, p1 = (tmp_path / "exp" / "03_predict" / f"setup_t0_p{i}" for i in (0, 1))
     c0, c1 = read_predict_config(p0 / "predict_config.ini"), read_predict_config(p1 / "predict_config.ini")
@@ -36,7 +45,8 @@ def test_prepare_scripts_layout(tmp_path):
     assert run_ids(p1).name == "exp_t0_p1"
 
     # P counts up from the highest existing one; -v selects the validation split
-    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "3000", "-v", "-d", str(tmp_path))
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "3000", "-v", "-d", str(tmp_path),
+             "--allow-missing-checkpoints")
     assert r.returncode == 0, r.stderr
     c2 = read_predict_config(tmp_path / "exp" / "03_predict" / "setup_t0_p2" / "predict_config.ini")
     assert c2.prediction.split_part == "validation" and c2.prediction.iteration == 3000

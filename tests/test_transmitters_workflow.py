@@ -137,6 +137,9 @@ def test_train_resume_predict_evaluate(experiment):
 def test_bad_configs(experiment):
     base, setup, _ = experiment
     r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "999", "-d", str(base))
+    assert r.returncode != 0 and "model_checkpoint_999.keras: no checkpoint for iteration 999" in r.stderr
+    r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "999", "-d", str(base),
+             "--allow-missing-checkpoints")
     assert r.returncode == 0, r.stderr
     pdir = Path(r.stdout.split("created ", 1)[1].strip())
     from synful.transmitters.predict import TransmitterPredictError, predict
