@@ -310,6 +310,8 @@ _LINK = "\"location_pre\": [1, 2, 3], \"location_post\": [4, 5, 6]"
      r"bad.json\[0\] location_pre: expected finite"),
     ("[{\"location_pre\": [1, 2, 3], \"location_post\": [Infinity, 5, 6]}]",
      r"bad.json\[0\] location_post: expected finite"),
+    ("[{\"location_pre\": [1.5e30, 2, 3], \"location_post\": [4, 5, 6]}]",
+     r"bad.json\[0\] location_pre: \d+ nm does not fit in int64"),
     (f"[{{{_LINK}, \"id\": 7}}, {{{_LINK}, \"id\": 8}}, {{{_LINK}, \"id\": 7}}, {{{_LINK}, \"id\": 8}}]",
      r"bad.json\[2\] id: duplicate id 7 \(first at record 0\)$"),
 ])
@@ -325,6 +327,8 @@ def test_json_partners_refuse_non_finite_numbers_and_duplicate_ids(tmp_path, con
     ("0,1,2,3,4,5,6,0.5\n1,1,2,3,4,5,7,inf\n", r"bad.csv\[1\] score: expected a finite number, got 'inf'"),
     ("0,1,2,3,4,5,6,1\n1,1,2,3,4,5,7,1\n0,1,2,3,4,5,8,1\n", r"bad.csv\[2\] id: duplicate id 0 \(first at record 0\)$"),
     ("0,1,2,nan,4,5,6,1\n", r"bad.csv\[0\] pre_x: expected an integer, got 'nan'"),
+    ("0,--5,2,3,4,5,6,1\n", r"bad.csv\[0\] pre_z: expected an integer, got '--5'"),
+    ("0,1,\u00b2,3,4,5,6,1\n", r"bad.csv\[0\] pre_y: expected an integer, got '\u00b2'"),
 ])
 def test_csv_partners_refuse_non_finite_numbers_and_duplicate_ids(tmp_path, rows, match):
     path = tmp_path / "bad.csv"

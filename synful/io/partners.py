@@ -93,7 +93,8 @@ def _as_int(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
             return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("+-").isdigit() \
+                and len(value.strip()) - len(value.strip().lstrip("+-")) <= 1:  # one sign, ASCII digits only
             value = int(value)
         else:
             raise SynfulError(f"{where}: expected an integer, got {value!r}")
@@ -205,7 +206,10 @@ def _location(v, where: str) -> tuple[int, int, int]:
             raise SynfulError(f"{where}: expected [z, y, x] in nm, got {v!r}")
         if isinstance(c, float) and not math.isfinite(c):
             raise SynfulError(f"{where}: expected finite numbers, got {v!r}")
-        out.append(int(round(c)))
+        c = int(round(c))
+        if not _INT64[0] <= c <= _INT64[1]:
+            raise SynfulError(f"{where}: {c} nm does not fit in int64, got {v!r}")
+        out.append(c)
     return tuple(out)
 
 
