@@ -75,6 +75,41 @@ def mongodb_url(tmp_path_factory):
         stop_process(proc)
 
 
+@pytest.fixture(params=["sqlite", "mongodb"])
+def partner_store(request, tmp_path):
+    """A created partner store in a fresh collection, on SQLite and on MongoDB; dropped afterwards."""
+    import uuid
+
+    from synful.store import open_store
+
+    url = f"sqlite:///{tmp_path}/p.sqlite" if request.param == "sqlite" else request.getfixturevalue("mongodb_url")
+    s = open_store(url, database="synful_test", collection=f"partners_{uuid.uuid4().hex[:10]}")
+    s.create()
+    yield s
+    s.drop()
+    s.close()
+
+
+def random_unet_setup(base: Path, training: dict, seed: int = 0):
+    """A training setup ``exp/t0`` under ``base`` with ``[Training]`` ``training`` and a checkpoint of iteration 1
+    holding random weights (normal, sd 0.5); returns the setup directory and the generator, for more data."""
+    import numpy as np
+
+    from synful.config import read_train_config
+    from synful.models import build_unet
+    from synful.scaffold import create_train_setup
+    from synful.train import checkpoint_path
+
+    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": training}})
+    model = build_unet(read_train_config(train_dir / "train_config.ini"))
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    ckpt = checkpoint_path(train_dir, 1)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(str(ckpt))
+    return train_dir, rng
+
+
 SLURM_SCRIPTS = Path(__file__).resolve().parent / "slurm"
 
 

@@ -180,18 +180,9 @@ def test_cli_export_of_a_run_and_evaluate_reads_it(tmp_path, capsys):
 # streamed export from a result store (Store.iter_batches)
 # --------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "mongodb"])
-def run_store(request, tmp_path):
-    import uuid
-
-    from synful.store import open_store
-
-    url = f"sqlite:///{tmp_path}/p.sqlite" if request.param == "sqlite" else request.getfixturevalue("mongodb_url")
-    s = open_store(url, database="synful_test", collection=f"partners_{uuid.uuid4().hex[:10]}")
-    s.create()
-    yield s
-    s.drop()
-    s.close()
+@pytest.fixture
+def run_store(partner_store):
+    return partner_store
 
 
 def _n_batches(path) -> list[int]:

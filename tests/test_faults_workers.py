@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_unet_setup
 from funlib.geometry import Roi
 
 from synful import cluster
@@ -155,19 +156,10 @@ TINY_UNET = {"voxel_size": (40, 4, 4), "input_shape": (8, 20, 20), "fmap_num": 2
 @pytest.fixture(scope="module")
 def predict_experiment(tmp_path_factory):
     """A training setup with a random-weight tiny U-Net checkpoint and a raw volume of ~900 prediction blocks."""
-    from synful.config import read_train_config
     from synful.io.volumes import write_volume
-    from synful.models import build_unet
-    from synful.train import checkpoint_path
 
     base = tmp_path_factory.mktemp("experiments")
-    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": TINY_UNET}})
-    model = build_unet(read_train_config(train_dir / "train_config.ini"))
-    rng = np.random.default_rng(0)
-    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
-    ckpt = checkpoint_path(train_dir, 1)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    model.save_weights(str(ckpt))
+    train_dir, rng = random_unet_setup(base, TINY_UNET)
     write_volume(base / "exp" / "01_data" / "raw.zarr", "volumes/raw",
                  rng.integers(0, 256, (20, 100, 110), dtype=np.uint8), (40, 4, 4), offset=(0, 0, 0))
     return base

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 
 import numpy as np
 import pytest
@@ -120,14 +119,9 @@ def test_no_bound_maps_beyond_and_min_nodes(tmp_path):
     assert out["post_skel_id"][0] == 7
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
-def store(request, tmp_path):
-    url = f"sqlite:///{tmp_path}/p.sqlite" if request.param == "sqlite" else request.getfixturevalue("mongodb_url")
-    s = open_store(url, database="synful_test", collection=f"partners_{uuid.uuid4().hex[:10]}")
-    s.create()
-    yield s
-    s.drop()
-    s.close()
+@pytest.fixture
+def store(partner_store):
+    return partner_store
 
 
 def test_map_run_writes_back_idempotently(store, tmp_path):

@@ -192,6 +192,7 @@ def test_cli_main_leaves_no_handler_on_a_stream_it_does_not_own(tmp_path):
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from conftest import random_unet_setup  # noqa: E402
 
 VOXEL_SIZE = (40, 4, 4)
 RAW_SHAPE = (20, 100, 110)  # voxels: big enough that blockwise prediction is still running when a worker is cancelled
@@ -242,20 +243,10 @@ def test_training_submitted_through_slurm_writes_checkpoints_and_resumes(slurm_c
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """A training setup with a random-weight tiny U-Net checkpoint, and a random raw volume."""
-    from synful.config import read_train_config
     from synful.io.volumes import write_volume
-    from synful.models import build_unet
-    from synful.scaffold import create_train_setup
-    from synful.train import checkpoint_path
 
     base = tmp_path_factory.mktemp("experiments")
-    train_dir = create_train_setup(base, "exp", 0, overrides={"train_config.ini": {"Training": TINY_UNET}})
-    model = build_unet(read_train_config(train_dir / "train_config.ini"))
-    rng = np.random.default_rng(0)
-    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
-    ckpt = checkpoint_path(train_dir, 1)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    model.save_weights(str(ckpt))
+    train_dir, rng = random_unet_setup(base, TINY_UNET)
     raw_container = base / "exp" / "01_data" / "raw.zarr"
     write_volume(raw_container, "volumes/raw", rng.integers(0, 256, RAW_SHAPE, dtype=np.uint8), VOXEL_SIZE,
                  offset=(0, 0, 0))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import JSON, ConfigError, Evaluation, check_evaluation, section_values
-from ..errors import read_json_file
+from ..errors import read_json_file, read_text_file
 from .common import EvaluationError, logger
 
 #: keys the evaluation JSON must hold (the others default as in :class:`synful.config.Evaluation`)
@@ -57,12 +57,7 @@ def read_skeleton_ids(path) -> np.ndarray:
     taken as a header.  Duplicates are dropped (first kept).  Returns int64.
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: skeleton id file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EvaluationError(f"{path}: cannot read skeleton ids: {e}") from None
+    lines = read_text_file(path, "skeleton id file", EvaluationError).splitlines()
     ids: list[int] = []
     for n, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].replace(",", " ").split()

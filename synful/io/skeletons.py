@@ -32,7 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from ..errors import SynfulError, read_json_file
+from ..errors import SynfulError, read_json_file, read_text_file
 
 __all__ = ["Skeleton", "SkeletonError", "read_swc", "read_skeleton_json", "load_skeleton", "geodesic_distances"]
 
@@ -68,12 +68,7 @@ def _build(ids, positions, parent_ids, where: str) -> Skeleton:
 def read_swc(path) -> Skeleton:
     """Read an SWC file (``id type x y z radius parent``; x, y, z in nm) into a :class:`Skeleton`."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise SkeletonError(f"{path}: skeleton file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SkeletonError(f"{path}: cannot read skeleton: {e}") from None
+    lines = read_text_file(path, "skeleton file", SkeletonError).splitlines()
     ids, pos, parents = [], [], []
     for n, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].split()
