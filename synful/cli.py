@@ -276,6 +276,10 @@ def _add_synthetic(sub):
     p.add_argument("--offset", type=int, nargs=3, default=(0, 0, 0), metavar=("Z", "Y", "X"), help="nm")
     p.add_argument("--overwrite", action="store_true", help="replace an existing container with other parameters")
     p.add_argument("--show", metavar="PNG", help="also write a PNG of a few sections with the sites")
+    p.add_argument("--manifest", metavar="YAML", help="also list the container as a sample in this dataset manifest "
+                   "(created when missing), e.g. experiments/EXP/01_data/manifest.yaml")
+    p.add_argument("--split", choices=("train", "validation", "test"), default="train",
+                   help="the sample's split in --manifest (default: train)")
     p.set_defaults(func=_run_synthetic)
 
 
@@ -290,6 +294,13 @@ def _run_synthetic(args) -> int:
     print(f"{path}: {len(tbars)} T-bars, {len(partners)} partners")
     if args.show:
         print(show(path, args.show))
+    if args.manifest:
+        from pathlib import Path
+
+        from .io.manifest import add_manifest_sample
+
+        manifest, what = add_manifest_sample(args.manifest, path, args.split)
+        print(f"{manifest}: {Path(path).stem} ({args.split}) {what}")
     return 0
 
 

@@ -11,7 +11,8 @@ from funlib.persistence import open_ds
 
 from synful.errors import SynfulError
 from synful.io.cremi import read_annotations, read_cremi, read_transmitters, write_annotations, write_cremi
-from synful.io.manifest import ManifestError, open_sample, read_manifest, read_sample_partners, write_manifest
+from synful.io.manifest import (ManifestError, add_manifest_sample, open_sample, read_manifest, read_sample_partners,
+                                write_manifest)
 from synful.io.partners import (NO_ID, PARTNER_DTYPE, empty_partners, read_partners, read_partners_csv,
                                 read_partners_json, write_partners, write_partners_csv, write_partners_json)
 from synful.io.volumes import (DatasetNotFoundError, RoiOutsideError, VolumeError, VoxelSizeMismatchError,
@@ -488,3 +489,26 @@ def test_package_exports():
     assert sio.PARTNER_DTYPE == PARTNER_DTYPE
     with pytest.raises(AttributeError):
         sio.nothing_here
+
+
+def test_add_manifest_sample_creates_appends_and_refuses_a_name_clash(tmp_path):
+    """`synful synthetic --manifest`: the manifest is created, samples are added once, clashes refused."""
+    manifest = tmp_path / "exp" / "01_data" / "manifest.yaml"
+    a, b = tmp_path / "exp" / "01_data" / "a.zarr", tmp_path / "elsewhere" / "b.zarr"
+    assert add_manifest_sample(manifest, a, "train") == (manifest, "added")
+    assert add_manifest_sample(manifest, b, "test") == (manifest, "added")
+    assert add_manifest_sample(manifest, a, "train") == (manifest, "already listed")
+    doc = yaml.safe_load(manifest.read_text())
+    assert doc["samples"] == [{"name": "a", "container": "a.zarr", "split": "train"},
+                              {"name": "b", "container": str(b), "split": "test"}]
+    samples = read_manifest(manifest)
+    assert [(s.name, s.container, s.split) for s in samples] == [("a", str(a), "train"), ("b", str(b), "test")]
+    before = manifest.read_text()
+    with pytest.raises(ManifestError, match=r"samples\[0\] \(a\): already lists .*a\.zarr \(split train\)"):
+        add_manifest_sample(manifest, a, "validation")
+    with pytest.raises(ManifestError, match=r"samples\[0\] \(a\): already lists"):
+        add_manifest_sample(manifest, tmp_path / "other" / "a.zarr", "train")
+    with pytest.raises(ManifestError, match="split: expected one of"):
+        add_manifest_sample(manifest, tmp_path / "c.zarr", "training")
+    assert manifest.read_text() == before
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.yaml"]  # no check file left behind

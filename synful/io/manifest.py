@@ -224,6 +224,54 @@ def write_manifest(samples, path) -> Path:
     return write_text(path, yaml.safe_dump({"samples": docs}, sort_keys=False))
 
 
+def add_manifest_sample(path, container, split: str = "train") -> tuple[Path, str]:
+    """Add a container (CREMI layout: raw, neuron ids, annotations) to a manifest as one sample.
+
+    Creates the manifest when it does not exist.  The sample is named after
+    the container's file name without suffix and covers the whole raw; its
+    path is written relative to the manifest's folder when below it.  Adding
+    the same container with the same split again changes nothing; a sample
+    of that name with another container or split is refused, naming it.
+    The manifest is rewritten as YAML (comments are not kept) and read back
+    through :func:`read_manifest` before it replaces the old file.
+
+    Returns the manifest path and ``"added"`` or ``"already listed"``.
+    """
+    import yaml
+
+    path, container = Path(path), Path(container).resolve()
+    if split not in SPLITS:
+        raise ManifestError(f"{path}: split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    name = container.stem
+    if path.exists():
+        samples = read_manifest(path)
+        doc = yaml.safe_load(path.read_text())
+    else:
+        samples, doc = [], {"samples": []}
+    for i, s in enumerate(samples):
+        if s.name == name:
+            if Path(s.container) == container and s.split == split:
+                return path, "already listed"
+            raise ManifestError(f"{path}: samples[{i}] ({name}): already lists {s.container} (split {s.split}); "
+                                f"rename the container or edit the manifest")
+    base = path.resolve().parent
+    try:
+        rel = str(container.relative_to(base))
+    except ValueError:
+        rel = str(container)
+    doc["samples"].append({"name": name, "container": rel, "split": split})
+    text = yaml.safe_dump(doc, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check = path.with_name(f".{path.name}.check")
+    try:
+        write_text(check, text)
+        read_manifest(check)
+        check.replace(path)
+    finally:
+        check.unlink(missing_ok=True)
+    return path, "added"
+
+
 def open_sample(sample: Sample) -> SampleArrays:
     """Open a sample's raw (and labels) and check them.
 
