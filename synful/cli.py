@@ -115,6 +115,12 @@ def _add_predict(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--submit", action="store_true", help="run the workers as Slurm jobs (executor = slurm); "
                                                          "the scheduler stays in this process")
+    p.add_argument("--plan", action="store_true", help="print blocks, voxels, output bytes, worker jobs and the "
+                   "device-hours estimated from a benchmark's measured rate; run nothing")
+    p.add_argument("--rate", type=float, metavar="VOXELS_PER_S", help="with --plan: voxels/s per worker instead of "
+                   "the benchmark's")
+    p.add_argument("--benchmark", metavar="JSON", help="with --plan: bench_predict.json with the rate (default: "
+                   "benchmarks/results/bench_predict.json of this checkout)")
     p.set_defaults(func=_run_predict)
     _add_block_worker(sub, "predict-worker", "predict")
 
@@ -139,10 +145,18 @@ def _add_block_worker(sub, name: str, stage: str):
 def _run_predict(args) -> int:
     from .predict import predict
 
+    if args.plan:
+        from .predict.estimate import describe_plan, format_plan
+
+        print(format_plan(describe_plan(args.predict_dir, rate=args.rate, benchmark=args.benchmark)))
+        return 0
+    if args.rate is not None or args.benchmark is not None:
+        raise SynfulError("--rate and --benchmark go with --plan")
     meta = predict(args.predict_dir, overwrite=args.overwrite, progress=not args.no_progress,
                    executor="slurm" if args.submit else None)
     b = meta["blocks"]
-    print(f"{b['total']} blocks: {b['processed']} predicted, {b['skipped']} already done, in "
+    masked = f", {b['without_tissue']} without tissue" if b.get("without_tissue") else ""
+    print(f"{b['total']} blocks: {b['processed']} predicted, {b['skipped']} already done{masked}, in "
           f"{meta['wall_seconds']:.1f} s, "
           f"{(meta['voxels_per_second'] or 0) / 1e6:.3f} Mvoxel/s; outputs in {meta['config']['out_container']}")
     return 0
@@ -175,8 +189,10 @@ def _run_extract(args) -> int:
 
     s = extract(args.predict_dir, overwrite=args.overwrite, num_workers=args.workers,
                 multiprocessing=not args.serial, executor="slurm" if args.submit else None)
+    masked = s.get("blocks_without_tissue", 0)
     print(f"{s['partners']} partners in {s['store']} [{s['collection']}] ({s['blocks_total']} blocks: "
-          f"{s['blocks_total'] - s['blocks_skipped']} extracted, {s['blocks_skipped']} already done); "
+          f"{s['blocks_total'] - s['blocks_skipped'] - masked} extracted, {s['blocks_skipped']} already done"
+          + (f", {masked} without tissue" if masked else "") + "); "
           f"score histogram {s['histogram']}")
     return 0
 

@@ -101,6 +101,10 @@ class Prediction:
     mixed_precision: bool = key(False, "predict with mixed_float16 (GPU only)")
     block_timeout: float = key(3600.0, "seconds one block may take before its worker is killed and the block retried",
                                minimum=1)
+    tissue_mask_container: Optional[str] = key(None, "container of a low-resolution tissue mask (nonzero = tissue, "
+                                               "any voxel size); blocks without tissue are neither predicted nor "
+                                               "extracted; None: every block", path=True)
+    tissue_mask_dataset: str = key("volumes/mask", "tissue mask dataset inside tissue_mask_container")
 
 
 @dataclass(frozen=True, kw_only=True)

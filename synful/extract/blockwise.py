@@ -204,7 +204,23 @@ def _task(run: _Run, worker_cfg, workers: int, multiprocessing: bool):
                                                                 str(predict_dir)))
     return daisy.Task(TASK_ID, total_roi=total, read_roi=read_roi, write_roi=write_roi, **cluster_opts,
                       read_write_conflict=False, fit="overhang", max_workers=workers, max_retries=1,
-                      tracking_path=str(predict_dir / TRACKING_DIR / "markers"))
+                      tracking_path=str(predict_dir / TRACKING_DIR / "markers"), skip_mask=_skip_mask(run))
+
+
+def _skip_mask(run: _Run):
+    """daisy's skip mask of the run's blocks without tissue (uint8, 1 = skip), or None without a tissue mask.
+
+    Those blocks were not predicted: they are neither extracted nor reported as missing."""
+    import daisy.v2 as daisy
+
+    from ..tissue import task_skip_mask
+
+    if run.tissue_mask() is None:
+        return None
+    total, read_roi, write_roi = run.block_geometry()
+    grid = daisy.Task(TASK_ID, total_roi=total, read_roi=read_roi, write_roi=write_roi, read_write_conflict=False,
+                      fit="overhang").block_grid_shape
+    return task_skip_mask(run.tissue_mask(), total, read_roi, write_roi, grid)
 
 
 def _run_summary(run: _Run, state, workers: int) -> dict:
@@ -213,13 +229,16 @@ def _run_summary(run: _Run, state, workers: int) -> dict:
 
     store = run.store
     complete = state.completed_count == state.total_block_count
+    skip = _skip_mask(run)
+    masked = int(skip.sum()) if skip is not None else 0
     # after failed blocks the store may be what failed: no statistics then, which would wait on it again
     summary = summarize(run.predict_dir, run=run) if complete else {
         "store": _redact(store.name), "collection": store.collection, "partners": None}
     summary.update({
         "complete": complete,
         "blocks_total": int(state.total_block_count),
-        "blocks_skipped": int(state.skipped_count),
+        "blocks_skipped": int(state.skipped_count) - masked,  # done by an earlier run
+        "blocks_without_tissue": masked,
         "blocks_failed": int(state.failed_count + state.orphaned_count),
         "workers": workers,
         "config": {k: v for k, v in to_dict(run.cfg).items()},

@@ -135,6 +135,20 @@ class _Run:
             self._store = self._store_factory()
         return self._store
 
+    def tissue_mask(self):
+        """The run's ``[Prediction] tissue_mask_container`` mask (read once), or None: blocks without tissue
+        were not predicted and are not extracted."""
+        from ..tissue import read_tissue_mask
+
+        p = self.prediction
+        if p.tissue_mask_container is None:
+            return None
+        if getattr(self, "_tissue_mask", None) is None:
+            self._tissue_mask = read_tissue_mask(p.tissue_mask_container, p.tissue_mask_dataset,
+                                                 where=f"{self.predict_dir / 'predict_config.ini'} [Prediction] "
+                                                       f"tissue_mask")
+        return self._tissue_mask
+
     def block_geometry(self):
         """(total_roi, read_roi, write_roi) for daisy: write blocks of block_shape, grown by context."""
         from funlib.geometry import Coordinate, Roi

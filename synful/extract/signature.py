@@ -137,7 +137,7 @@ def _signature_parts(run: "_Run") -> dict:
     if run.segmentation is not None:
         seg = {"container": _portable(cfg.seg_container, d), "dataset": cfg.seg_dataset,
                **_array_description(run.segmentation)}
-    return {
+    parts = {
         "prediction": _prediction_identity(d, p.out_container),
         "inputs": {"container": _portable(p.out_container, d),
                    "indicator": {"dataset": p.indicator_dataset, "scale": run.indicator_scale,
@@ -151,6 +151,11 @@ def _signature_parts(run: "_Run") -> dict:
                    "read_roi": [list(read_roi.offset), list(read_roi.shape)],
                    "write_roi": [list(write_roi.offset), list(write_roi.shape)]},
     }
+    mask = run.tissue_mask()
+    if mask is not None:  # only then, so extractions without a mask keep their signature
+        parts["tissue_mask"] = {"container": _portable(mask.container, d), "dataset": mask.dataset,
+                                "sha256": mask.digest()}
+    return parts
 
 
 def _check_and_claim(run: "_Run", overwrite: bool) -> dict:

@@ -7,6 +7,7 @@ resumed run must share with the run that wrote its done markers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,6 +63,35 @@ class PredictionPlan:
     block_write: Coordinate
     block_read: Coordinate
     heads: tuple[str, ...]
+
+    def task_rois(self) -> tuple[Roi, Roi, Roi]:
+        """daisy's (total, read, write) ROIs (nm) of the run: the blocks' write ROIs tile ``roi``.
+
+        The far end grows by the tile overlap too, so the blocks (write ROIs) are those of the ROI alone.
+        """
+        total = self.roi.grow(self.context, self.context + self.tile_overlap * self.voxel_size)
+        return total, Roi((0, 0, 0), self.block_read), Roi(self.context, self.block_write)
+
+    def grid_shape(self) -> tuple[int, int, int]:
+        """Blocks per axis (z, y, x): ``roi`` in write blocks, the last one cropped."""
+        return tuple(-(-int(s) // int(b)) for s, b in zip(self.roi.shape, self.block_write))
+
+    @functools.cached_property
+    def tissue_mask(self):
+        """The ``[Prediction] tissue_mask_container`` mask (:class:`synful.tissue.TissueMask`), or None."""
+        from ..tissue import read_tissue_mask
+
+        p = self.prediction
+        if p.tissue_mask_container is None:
+            return None
+        return read_tissue_mask(p.tissue_mask_container, p.tissue_mask_dataset,
+                                where=f"{self.predict_dir / 'predict_config.ini'} [Prediction] tissue_mask")
+
+    def skip_mask(self):
+        """daisy's skip mask over :meth:`grid_shape` (uint8, 1 = a block without tissue), or None."""
+        from ..tissue import task_skip_mask
+
+        return task_skip_mask(self.tissue_mask, *self.task_rois(), self.grid_shape())
 
     @property
     def tile_overlap(self) -> Coordinate:
@@ -140,6 +170,8 @@ class PredictionPlan:
             "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
             "mixed_precision": p.mixed_precision, "training": _portable(to_dict(self.training), root),
         }
+        if self.tissue_mask is not None:  # only then, so runs without a mask keep their signature
+            keys["tissue_mask"] = self.tissue_mask.digest()
         return "v2-" + hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def legacy_signature(self) -> str:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from funlib.geometry import Roi
 
 from ..config import Worker, read_worker_config, to_dict, write_config
 from ..io.files import git_commit, write_json
@@ -152,12 +151,10 @@ def _run_blocks(plan: PredictionPlan, worker_cfg: Worker, workers: _Workers, *, 
     p = plan.prediction
     voxels_per_block = _roi_voxels(plan) / plan.num_blocks  # on average: blocks at the far end are cropped
     observer = ProgressBar(plan.task_id, voxels_per_block, enabled=progress)
-    # the far end grows by the tile overlap too, so the blocks (write ROIs) are those of the ROI alone
-    total_roi = plan.roi.grow(plan.context, plan.context + plan.tile_overlap * plan.voxel_size)
+    total_roi, read_roi, write_roi = plan.task_rois()
+    skip = plan.skip_mask()  # blocks without tissue: neither run nor missing
     common = dict(read_write_conflict=False, fit="overhang", max_retries=int(worker_cfg.max_retries),
-                  tracking_path=str(plan.tracking_dir), timeout=float(p.block_timeout))
-    read_roi = Roi((0, 0, 0), plan.block_read)
-    write_roi = Roi(plan.context, plan.block_write)
+                  tracking_path=str(plan.tracking_dir), timeout=float(p.block_timeout), skip_mask=skip)
 
     daisy_logging.set_log_basedir(str(plan.log_dir))
     logger.info("predict %s: ROI %s, %d blocks of %s nm, %d worker(s)%s", plan.name, _fmt_roi(plan.roi),
@@ -205,8 +202,10 @@ def _run_metadata(plan: PredictionPlan, state, stats: dict, *, run_id: str, sign
     p = plan.prediction
     total = int(state.total_block_count) if state is not None else plan.num_blocks
     completed = _completed(state)
-    skipped = int(state.skipped_count) if state is not None else 0
-    processed = completed - skipped
+    skip = plan.skip_mask()
+    masked = int(skip.sum()) if skip is not None else 0
+    skipped = int(state.skipped_count) - masked if state is not None else 0  # done by an earlier run
+    processed = completed - skipped - masked
     voxels = _roi_voxels(plan) * processed / max(total, 1)
     return {
         "run": plan.name,
@@ -239,7 +238,7 @@ def _run_metadata(plan: PredictionPlan, state, stats: dict, *, run_id: str, sign
                     for h, d in plan.datasets().items()},
         "workers": {"count": 1 if in_process else workers.count, "executor": "in_process" if in_process else
                     worker_cfg.executor, "gpus": workers.gpus, "threads_per_worker": workers.threads},
-        "blocks": {"total": total, "processed": processed, "skipped": skipped,
+        "blocks": {"total": total, "processed": processed, "skipped": skipped, "without_tissue": masked,
                    "failed": int(state.failed_count) if state is not None else 0,
                    "orphaned": int(state.orphaned_count) if state is not None else 0,
                    "worker_restarts": int(state.worker_restart_count) if state is not None else 0},
