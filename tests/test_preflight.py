@@ -339,7 +339,7 @@ def read_only(tmp_path):
         yield folder, freeze
     finally:
         if root:
-            subprocess.run(["umount", str(folder)], check=True)
+            subprocess.run(["umount", "-l", str(folder)], check=True)
         else:
             for d, dirs, _ in os.walk(folder):
                 os.chmod(d, 0o755)
@@ -380,3 +380,15 @@ def test_synthetic_of_no_voxels(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: synthetic: shape (0, 0, 0) too small (need z >= 1, y and x >= 16 voxels)"]
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_an_unreadable_config_is_one_line(experiment, capsys):
+    """predict_config.ini is read by the prediction and the extraction checks: its error is said once."""
+    setup = predict_setup(experiment["base"], experiment["raw"])
+    ini = setup / "predict_config.ini"
+    ini.write_text(ini.read_text().replace("cc_threshold = 0.5", "cc_threshold = nan"))
+    worker = setup / "worker_config.ini"
+    worker.write_text(worker.read_text().replace("num_cpus = 5", "num_cpus = 0"))
+    rc, err = validate(capsys, setup)
+    assert (rc, err) == (2, [f"error: {ini} [Extraction] cc_threshold: expected a finite number, got nan",
+                             f"error: {worker} [Worker] num_cpus: must be >= 1, got 0"])
