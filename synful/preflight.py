@@ -202,7 +202,7 @@ def check_setup(setup_dir) -> tuple[list[Path], list[str]]:
     train_ini, predict_ini, worker_ini = files
     problems = Problems()
     if not (train_ini.is_file() or predict_ini.is_file()):
-        ok, checked = problems.run(validate_setup, setup_dir)
+        _, checked = problems.run(validate_setup, setup_dir)
         return (checked or []), problems.messages
     if train_ini.is_file():
         check_training_setup(setup_dir, problems)

@@ -357,7 +357,7 @@ def test_prediction_into_a_read_only_run_directory(experiment, read_only, capsys
     assert rc == 2 and len(err) == 2, err
     assert err[0].startswith(f"error: {setup}: cannot write the prediction run directory")
     assert err[1].startswith(f"error: {setup / 'predictions.zarr'}: cannot write the output container")
-    with pytest.raises(PredictionError, match="cannot write"):
+    with pytest.raises(PredictionError, match="cannot write the prediction run directory"):
         predict(setup, progress=False)
     assert main(["predict", str(setup), "--no-progress"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
