@@ -16,30 +16,53 @@ from .errors import SynfulError
 
 
 def _add_validate(sub):
-    p = sub.add_parser("validate", help="validate the configs of setup directories (or single ini files)")
+    p = sub.add_parser("validate", help="run the pre-flight checks of train / predict / extract on setup "
+                                        "directories (or read single ini files); one line per problem")
     p.add_argument("paths", nargs="+", help="setup directories or ini files")
     p.set_defaults(func=_run_validate)
 
 
 def _run_validate(args) -> int:
+    """Each setup directory gets the checks its stages run before starting (:func:`synful.preflight.check_setup`);
+    a single ini file is only read.  Every problem is one ``error: ...`` line on stderr, and the exit
+    code is 2 when there was one (as for any other error); ``ok FILE`` lines for setups without problems."""
+    import logging
     from pathlib import Path
 
     from .config import read_predict_config, read_train_config, read_worker_config
-    from .scaffold import validate_setup
 
     readers = {"train_config.ini": read_train_config, "predict_config.ini": read_predict_config,
                "worker_config.ini": read_worker_config}
-    for path in map(Path, args.paths):
+    # one line per problem: no start-up notices of the libraries the data checks import
+    noisy = logging.getLogger("numexpr")
+    saved_level = noisy.level
+    noisy.setLevel(logging.WARNING)
+    try:
+        return _validate_paths(map(Path, args.paths), readers)
+    finally:
+        noisy.setLevel(saved_level)
+
+
+def _validate_paths(paths, readers) -> int:
+    from .preflight import Problems, check_setup
+
+    failed = False
+    for path in paths:
         if path.is_dir():
-            checked = validate_setup(path)
+            checked, problems = check_setup(path)
         elif path.name in readers:
-            readers[path.name](path)
-            checked = [path]
+            found = Problems()
+            found.run(readers[path.name], path)
+            checked, problems = [path], found.messages
         else:
-            raise SynfulError(f"{path}: not a setup directory or a train/predict/worker config")
-        for c in checked:
-            print(f"ok {c}")
-    return 0
+            checked, problems = [], [f"{path}: not a setup directory or a train/predict/worker config"]
+        for message in problems:
+            print(f"error: {message}", file=sys.stderr)
+        if not problems:
+            for c in checked:
+                print(f"ok {c}")
+        failed = failed or bool(problems)
+    return 2 if failed else 0
 
 
 def _add_train(sub):

@@ -78,6 +78,9 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
         if not overwrite:
             what = "a synthetic container with other parameters" if existing else "not a synthetic container"
             raise SynfulError(f"{path}: exists and is {what}; remove it or use --overwrite")
+    from .preflight import check_writable
+
+    check_writable(path, "synthetic container")  # before generating anything
     vol = generate(shape, seed=seed, voxel_size=voxel_size, offset=offset, **params)
     path.parent.mkdir(parents=True, exist_ok=True)
     # not io.files.atomic_write: a container another process wrote meanwhile with the same parameters is

@@ -20,6 +20,7 @@ DEFECTS = dict(prob_missing=0.03, prob_low_contrast=0.01, contrast_scale=0.5)
 
 def _training_samples(cfg: Training):
     from .io.manifest import open_sample, read_manifest, read_sample_partners
+    from .preflight import check_raw_dtype
     from .train import TrainError  # defined there, where callers catch it
 
     samples = [s for s in read_manifest(cfg.manifest) if s.split == "train"]
@@ -34,8 +35,7 @@ def _training_samples(cfg: Training):
         if tuple(arrays.raw.voxel_size) != tuple(cfg.voxel_size):
             raise ConfigError(f"[Training] voxel_size {tuple(cfg.voxel_size)} differs from the voxel size "
                               f"{tuple(arrays.raw.voxel_size)} of sample {s.name} ({s.container}/{s.raw_dataset})")
-        if arrays.raw.dtype != np.uint8:
-            raise TrainError(f"{s.container}/{s.raw_dataset}: raw must be uint8, got {arrays.raw.dtype}")
+        check_raw_dtype(arrays.raw.dtype, f"{s.container}/{s.raw_dataset}", TrainError)
         _check_sample_shape(cfg, s, arrays)
         out.append((s, arrays, read_sample_partners(s, by="post")))
     return out

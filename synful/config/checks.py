@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .keys import ConfigError
-from .sections import Evaluation, Worker
+from .sections import Evaluation, Extraction, Worker
 
 
 def uses_geodesic(settings) -> bool:
@@ -140,4 +140,16 @@ def check_worker_section(settings: Worker, where: str = "[Worker]") -> Worker:
         if (not parts[0] or len(parts) > 3 or "," in item or (len(parts) > 1 and not parts[1].startswith("/"))
                 or (len(parts) == 3 and parts[2] not in _MOUNT_OPTIONS)):
             fail("mount_dirs", item, "expected SRC, SRC:DST or SRC:DST:ro|rw (DST absolute, no ',')")
+    return settings
+
+
+def check_extraction(settings: Extraction, where: str = "[Extraction]") -> Extraction:
+    """Cross-key checks of [Extraction]; ``where`` prefixes the message (``FILE [Extraction]``).
+
+    ``method = nms`` needs ``context`` of at least twice ``nms_radius`` per axis (a maximum near a block's
+    edge is compared with everything within the radius).  Returns ``settings``; raises :class:`ConfigError`.
+    """
+    if settings.method == "nms" and any(c < 2 * r for c, r in zip(settings.context, settings.nms_radius)):
+        raise ConfigError(f"{where} context: must be at least 2 x nms_radius per axis for method = nms, "
+                          f"got {settings.context}")
     return settings

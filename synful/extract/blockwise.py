@@ -173,15 +173,12 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
 def _start(predict_dir: Path, overwrite: bool, executor: str | None):
     """(run, worker config) of an extraction allowed to start: config, worker setup, store and signature checked,
     the collection claimed (:func:`~.signature._check_and_claim`)."""
-    if not (predict_dir / "predict_config.ini").is_file():
-        raise ExtractionError(f"{predict_dir}: no predict_config.ini (not a prediction setup)")
+    from ..preflight import check_extraction_setup
+
+    check_extraction_setup(predict_dir)  # what `synful validate` checks: config, predictions, segmentation
     _forget(predict_dir)  # reread the config: it may have changed since the last call
     worker_cfg = _worker_config(predict_dir, executor)  # bad partition / container / mounts fail here
     run = _run_for(predict_dir)
-    cfg = run.cfg
-    if cfg.method == "nms" and any(c < 2 * r for c, r in zip(cfg.context, cfg.nms_radius)):
-        raise ExtractionError(f"{predict_dir / 'predict_config.ini'} [Extraction] context: must be at least "
-                              f"2 x nms_radius per axis for method = nms, got {cfg.context}")
     # fail fast on the store (opening it reaches the server), before anything is scheduled or marked
     _ = run.store
     _check_and_claim(run, overwrite)

@@ -3,8 +3,10 @@
 ``synful predict PREDICT_DIR`` runs :func:`predict`:
 
 1. :func:`plan_prediction` reads ``predict_config.ini`` (and the training setup's
-   ``train_config.ini``), checks the checkpoint, the raw dataset and the ROI, and derives the block
-   geometry -- all without TensorFlow, so bad input fails before any worker starts.
+   ``train_config.ini``), checks the checkpoint, the raw dataset (uint8, voxel size, not empty) and the
+   ROI, and derives the block geometry -- all without TensorFlow; :func:`synful.preflight.check_prediction_setup`
+   adds that the run directory and the output container can be written.  So bad input fails before
+   anything is written or any worker starts, and ``synful validate`` runs the same checks.
 2. The output datasets are prepared with chunks equal to the write block, so every block writes
    whole chunks and concurrent workers never share one.
 3. A daisy task covers the ROI with blocks, each cut into ``block_factor`` tiles (one network input

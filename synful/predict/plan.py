@@ -244,19 +244,25 @@ def _run_name(predict_dir: Path) -> str:
         return predict_dir.name
 
 
-def _training_setup(cfg: Prediction, source: str) -> tuple[Training, Path]:
-    setup = Path(cfg.train_setup)
-    ini = setup / "train_config.ini"
+def _training_config(cfg: Prediction, source: str) -> Training:
+    """The ``[Training]`` of ``[Prediction] train_setup``."""
+    ini = Path(cfg.train_setup) / "train_config.ini"
     if not ini.is_file():
-        raise PredictionError(f"{source} [Prediction] train_setup: {setup} has no train_config.ini")
-    training = read_train_config(ini)
-    from ..train import checkpoint_path
+        raise PredictionError(f"{source} [Prediction] train_setup: {cfg.train_setup} has no train_config.ini")
+    return read_train_config(ini)
 
-    ckpt = Path(checkpoint_path(setup, cfg.iteration))
+
+def _checkpoint(cfg: Prediction, source: str) -> Path:
+    """The checkpoint file of ``[Prediction] iteration``; PredictionError naming it and the iterations there."""
+    from ..train import checkpoint_path, list_checkpoints
+
+    ckpt = Path(checkpoint_path(cfg.train_setup, cfg.iteration))
     if not ckpt.exists():
+        have = [it for it, _ in list_checkpoints(cfg.train_setup)]
         raise PredictionError(f"{source} [Prediction] iteration: no checkpoint for iteration {cfg.iteration} "
-                              f"({ckpt} does not exist)")
-    return training, ckpt
+                              f"({ckpt} does not exist; iterations with checkpoints: "
+                              f"{', '.join(map(str, have)) if have else 'none'})")
+    return ckpt
 
 
 def _raw_source(cfg: Prediction, training: Training, source: str) -> tuple[str, str, Roi | None]:
@@ -272,34 +278,69 @@ def _raw_source(cfg: Prediction, training: Training, source: str) -> tuple[str, 
     return samples[0].container, samples[0].raw_dataset, samples[0].roi
 
 
-def plan_prediction(predict_dir) -> PredictionPlan:
+def plan_prediction(predict_dir, problems=None) -> PredictionPlan | None:
     """Read and check ``PREDICT_DIR/predict_config.ini``; derive the block geometry.
 
     Raises :class:`PredictionError` / :class:`~synful.config.ConfigError` (messages name the file,
-    key and value) for a missing training setup or checkpoint, a missing raw dataset, a raw voxel
-    size that differs from the training one, a ROI not on the voxel grid or not inside the raw data,
-    a network input shape the U-Net cannot take, or one whose output is smaller than the total
-    downsampling factor on some axis (no tile stride on the pooling grid fits; the message names
-    ``input_shape`` and the next input size that works).  Imports no TensorFlow.
+    key and value, or the raw container/dataset) for a missing training setup or checkpoint, a missing
+    raw container or dataset, raw that is not uint8 (:func:`synful.preflight.check_raw_dtype`), a raw
+    voxel size that differs from the training one, a ROI not on the voxel grid, not inside the raw data
+    or empty (an empty raw dataset included), a network input shape the U-Net cannot take (named as
+    ``[Prediction] input_shape`` when the prediction overrides it, else as the training setup's
+    ``[Training] input_shape``), or one whose output is smaller than the total downsampling factor on
+    some axis (no tile stride on the pooling grid fits; the message names ``input_shape`` and the next
+    input size that works).  Imports no TensorFlow.
+
+    ``problems`` (a :class:`synful.preflight.Problems` that collects) records every problem instead of
+    raising, checking what does not depend on an earlier failure, and returns None when there was one.
     """
     from ..models import head_names
+    from ..preflight import Problems
 
+    p = Problems(collect=False) if problems is None else problems
+    found = len(p.messages)
     predict_dir = Path(predict_dir).resolve()
     ini = predict_dir / "predict_config.ini"
     source = str(ini)
-    cfg = read_predict_config(ini).prediction
-    training, ckpt = _training_setup(cfg, source)
-    raw_container, raw_dataset, sample_roi = _raw_source(cfg, training, source)
-    raw = _open_raw(raw_container, raw_dataset, source)
-    voxel_size = Coordinate(raw.voxel_size)
-    if tuple(voxel_size) != tuple(training.voxel_size):
-        raise PredictionError(f"{raw_container}/{raw_dataset}: voxel size {tuple(voxel_size)} nm differs from the "
-                              f"training voxel_size {tuple(training.voxel_size)} of {cfg.train_setup}")
-    roi = _prediction_roi(cfg, raw.roi, sample_roi, voxel_size, source, f"{raw_container}/{raw_dataset}")
+    ok, pcfg = p.run(read_predict_config, ini)
+    if not ok:
+        return None
+    cfg = pcfg.prediction
+    _, training = p.run(_training_config, cfg, source)
+    _, ckpt = p.run(_checkpoint, cfg, source)
+    _, raw = p.run(_checked_raw, cfg, training, source) if training is not None else (False, None)
+    _, geometry = (p.run(_tile_geometry, cfg, training, Coordinate(training.voxel_size), source)
+                   if training is not None else (False, None))
+    if len(p.messages) > found:
+        return None
+    raw_container, raw_dataset, raw_roi, roi = raw
     return PredictionPlan(
         predict_dir=predict_dir, name=_run_name(predict_dir), prediction=cfg, training=training, checkpoint=ckpt,
-        raw_container=str(raw_container), raw_dataset=raw_dataset, voxel_size=voxel_size, raw_roi=raw.roi, roi=roi,
-        **_tile_geometry(cfg, training, voxel_size, source), heads=head_names(training))
+        raw_container=str(raw_container), raw_dataset=raw_dataset, voxel_size=Coordinate(training.voxel_size),
+        raw_roi=raw_roi, roi=roi, **geometry, heads=head_names(training))
+
+
+def _checked_raw(cfg: Prediction, training: Training, source: str) -> tuple[str, str, Roi, Roi]:
+    """``(container, dataset, raw ROI, ROI to predict)``: the raw opened and checked (uint8, the training
+    voxel size), the ROI inside it and not empty."""
+    from ..preflight import check_raw_dtype
+
+    raw_container, raw_dataset, sample_roi = _raw_source(cfg, training, source)
+    raw = _open_raw(raw_container, raw_dataset, source)
+    name = f"{raw_container}/{raw_dataset}"
+    # the workers' normalisation takes uint8 only: refuse other raw here, not in every worker
+    check_raw_dtype(raw.dtype, name, PredictionError)
+    voxel_size = Coordinate(raw.voxel_size)
+    if tuple(voxel_size) != tuple(training.voxel_size):
+        raise PredictionError(f"{name}: voxel size {tuple(voxel_size)} nm differs from the "
+                              f"training voxel_size {tuple(training.voxel_size)} of {cfg.train_setup}")
+    if raw.roi.empty:
+        raise PredictionError(f"{name}: empty raw dataset (shape {tuple(raw.shape)}), nothing to predict")
+    roi = _prediction_roi(cfg, raw.roi, sample_roi, voxel_size, source, name)
+    if roi.empty:
+        raise PredictionError(f"{source} [Prediction]: the ROI to predict {_fmt_roi(roi)} is empty (the manifest "
+                              f"sample's ROI does not overlap the raw data {name} {_fmt_roi(raw.roi)})")
+    return str(raw_container), raw_dataset, raw.roi, roi
 
 
 def _open_raw(raw_container: str, raw_dataset: str, source: str):
@@ -347,7 +388,13 @@ def _tile_geometry(cfg: Prediction, training: Training, voxel_size: Coordinate, 
     try:
         out_shape = Coordinate(output_shape(training, input_shape))
     except ConfigError as e:
-        raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)}: {e}") from None
+        train_ini = Path(cfg.train_setup) / "train_config.ini"
+        prefix = f"[Training] input_shape {tuple(input_shape)} "
+        if cfg.input_shape is None or not str(e).startswith(prefix):  # the training config is at fault
+            raise ConfigError(f"{train_ini} {e}") from None
+        # the [Prediction] override is at fault: name it, not the training key output_shape names
+        raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)} "
+                          f"{str(e).removeprefix(prefix)} (the network of {train_ini})") from None
     diff = input_shape - out_shape
     if any(d % 2 for d in diff):
         raise ConfigError(f"{source} [Prediction] input_shape {tuple(input_shape)}: the network context "

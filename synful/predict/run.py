@@ -19,7 +19,8 @@ from ..config import Worker, read_worker_config, to_dict, write_config
 from ..io.files import git_commit, write_json
 from .arrays import indicator_scale, prepare_outputs, vectors_scale
 from .network import BlockPredictor
-from .plan import HEAD_INDICATOR, PredictionError, PredictionPlan, _fmt_roi, plan_prediction, signature_path
+from ..preflight import check_prediction_setup
+from .plan import HEAD_INDICATOR, PredictionError, PredictionPlan, _fmt_roi, signature_path
 from .progress import ProgressBar
 from .workers import _WorkerSpawner
 
@@ -55,12 +56,15 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
     ``in_process=True`` runs every block in this process (daisy's serial mode; for debugging).
     ``executor`` (``local`` or ``slurm``) overrides the worker config's.
 
-    Raises :class:`PredictionError` before any worker starts for bad configs, a missing checkpoint or a
-    ROI outside the raw data, and after the run when blocks remain undone (a rerun resumes).
+    Raises :class:`PredictionError` / ConfigError before anything is written or any worker starts for
+    every problem :func:`synful.preflight.check_prediction_setup` finds (bad configs, a missing
+    checkpoint, raw that is not uint8, an empty ROI or one outside the raw data, an input shape the
+    network cannot take, a run directory or output container that cannot be written), and after the run
+    when blocks remain undone (a rerun resumes).
     """
     worker_ini = Path(predict_dir).resolve() / "worker_config.ini"
     worker_cfg = read_worker_config(worker_ini) if worker_ini.is_file() else Worker()
-    plan = plan_prediction(predict_dir)
+    plan = check_prediction_setup(predict_dir)  # what `synful validate` checks, before anything is written
     worker_cfg = _checked_worker_config(worker_cfg, executor)
     _check_resumable(plan, overwrite)
     run_id, signature = _start_run(plan, overwrite)
@@ -114,6 +118,9 @@ def _start_run(plan: PredictionPlan, overwrite: bool) -> tuple[str, str]:
         prepare_outputs(plan, overwrite=overwrite)
     except VolumeError as e:
         raise PredictionError(f"{e}\n(outputs of an earlier run with other settings: rerun with --overwrite)") from None
+    except OSError as e:  # checked up front; this is a file system that changed since
+        raise PredictionError(f"{e.filename or plan.prediction.out_container}: cannot write the prediction "
+                              f"outputs: {e.strerror or e}") from None
     # a run id: kept while a run resumes, new whenever the outputs start over (--overwrite, first run);
     # extraction keys its done markers on it and refuses metadata of another id (an unfinished newer run)
     sig_file = signature_path(plan)
