@@ -100,10 +100,10 @@ from .calibration import calibrated, read_calibration
 from .common import MATCH_DTYPE, EvaluationError, Matching, check_inputs, logger, read_ground_truth
 from .filters import filter_partners
 from .matching import match_partners
-from .results import plot_precision_recall, results_filename, write_results
+from .results import plot_precision_recall, precision_recall_figure, results_filename, write_results
 from .runs import evaluate_config, evaluate_run
 from .settings import JSON_REQUIRED, check_settings, read_evaluation_json, read_skeleton_ids
-from .sweep import evaluate
+from .sweep import auto_score_thresholds, evaluate
 
 __all__ = [
     "EvaluationError",
@@ -118,6 +118,8 @@ __all__ = [
     "evaluate",
     "write_results",
     "plot_precision_recall",
+    "precision_recall_figure",
+    "auto_score_thresholds",
     "evaluate_config",
     "evaluate_run",
     "results_filename",
