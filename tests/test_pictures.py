@@ -188,6 +188,6 @@ def test_confusion_matrix_title_names_run_checkpoint_and_split():
     (ax, _colorbar) = confusion_matrix_figure(m, ["gaba", "acetylcholine"], "synapses", run="exp_t0_p1",
                                               checkpoint="model_1000.weights.h5", split="skeleton test").axes
     assert ax.get_title() == ("synapses: accuracy 0.875\n"
-                              "run exp_t0_p1, checkpoint model_1000.weights.h5, split skeleton test")
+                              "run exp_t0_p1\ncheckpoint model_1000.weights.h5\nsplit skeleton test")
     (ax, _colorbar) = confusion_matrix_figure(m, ["gaba", "acetylcholine"], "skeletons").axes
     assert ax.get_title() == "skeletons: accuracy 0.875"

@@ -24,6 +24,13 @@ Filters on predictions, in this order (:func:`filter_partners`):
    Partners with a missing id, or with an id in
    ``filter_redundant_ignore_ids``, are never clustered.
 
+Score thresholds: ``score_thresholds`` lists them; None (the default) derives
+them from the data (:func:`auto_score_thresholds` of the scores filters 1 and
+3 leave), since the score scale depends on the extraction's score type.  Every
+result counts the predictions each filter removed (``removed``) and, where
+none is left, says why (``note``, also logged as a warning); the
+precision-recall plot then writes that note instead of drawing a point.
+
 Matching (:func:`match_partners`): a prediction and a ground-truth partner are
 a feasible pair only if their (pre id, post id) pairs are equal with no id
 missing (when matching by ids) and their distance is within

@@ -134,7 +134,8 @@ def _check_rules(view: Evaluation, where: str, keys: Optional[tuple] = None) -> 
             raise EvaluationError(rule.call_message(view, where))
 
 
-def _check_call(settings: Evaluation, score_thresholds, skeleton_ids, skeletons, where: str) -> list[float]:
+def _check_call(settings: Evaluation, score_thresholds, skeleton_ids, skeletons,
+                where: str) -> Optional[list[float]]:
     """The score thresholds of an :func:`evaluate` call (None: derived from the scores), after the [Evaluation]
     cross-key rules (:data:`synful.config.EVALUATION_RULES`) are checked on ``settings`` with the call's
     arguments in place of their keys: thresholds first (none, or not finite), then the other rules in their

@@ -83,17 +83,16 @@ def confusion_matrix_figure(matrix, classes: list[str], title: str = "synapses",
     m = np.asarray(matrix, float)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    fig = Figure(figsize=(1.2 + 0.9 * len(classes), 1.3 + 0.8 * len(classes)))
+    about = [f"{k} {v}" for k, v in (("run", run), ("checkpoint", checkpoint), ("split", split)) if v is not None]
+    # one line each and a minimum width, so that long run and checkpoint names fit beside few classes
+    fig = Figure(figsize=(max(4.5, 1.2 + 0.9 * len(classes)), 1.0 + 0.2 * len(about) + 0.8 * len(classes)))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    about = ", ".join(f"{k} {v}" for k, v in (("run", run), ("checkpoint", checkpoint), ("split", split))
-                      if v is not None)
-    ax.set_title(f"{title}: accuracy {np.trace(m) / max(m.sum(), 1):.3f}" + (f"\n{about}" if about else ""),
-                 fontsize=9)
+    ax.set_title("\n".join([f"{title}: accuracy {np.trace(m) / max(m.sum(), 1):.3f}", *about]), fontsize=9)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, int(m[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
