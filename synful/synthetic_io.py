@@ -151,6 +151,7 @@ def show_figure(container, *, num_slices: int = 4, raw_dataset: str = "volumes/r
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
+    from .io.partners import empty_partners
     from .io.volumes import open_volume
 
     container = Path(container)
@@ -163,7 +164,7 @@ def show_figure(container, *, num_slices: int = 4, raw_dataset: str = "volumes/r
     kinds = [(name, links, style) for name, links, style in
              (("ground truth", partners, _GROUND_TRUTH_STYLE), ("predicted", predicted, _PREDICTED_STYLE))
              if links is not None]
-    every = np.concatenate([links for _, links, _ in kinds]) if kinds else partners
+    every = np.concatenate([links for _, links, _ in kinds]) if kinds else empty_partners(0)
     zs = _busiest_sections(every, raw.shape[-3], num_slices, off, vs)
     n = len(zs)
     stride = max(1, int(math.ceil(max(raw.shape[-2:]) / max_size)))

@@ -176,7 +176,10 @@ def test_show_reads_a_prediction_run(container, tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "open_run_store", lambda d: FakeStore())
     fig = show_figure(container, predicted=run, num_slices=2)
     assert "predicted (3 partners)" in fig._suptitle.get_text()
-    assert show_figure(container, predicted=empty_partners(0), num_slices=2) is not None
+    fig = show_figure(container, predicted=empty_partners(0), num_slices=2)
+    assert "predicted (0 partners)" in fig._suptitle.get_text()
+    fig = show_figure(container, ground_truth=False, num_slices=2)  # nothing to draw: the raw, said in the title
+    assert fig._suptitle.get_text() == "v.zarr: no partners" and not fig.legends
 
 
 # ---------------------------------------------------------------------------------------------
