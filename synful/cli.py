@@ -344,20 +344,34 @@ def _run_synthetic(args) -> int:
 
 
 def _add_show(sub):
-    p = sub.add_parser("show", help="write a PNG of a few z-sections with ground-truth sites drawn on the raw")
+    p = sub.add_parser("show", help="write a PNG of a few z-sections with ground-truth and predicted sites drawn "
+                                    "on the raw, with a legend")
     p.add_argument("container", help="zarr / N5 / HDF5 container")
     p.add_argument("--out", help="PNG path (default: the container with suffix .png)")
     p.add_argument("--slices", type=int, default=4, help="number of sections (those with the most sites)")
     p.add_argument("--raw-dataset", default="volumes/raw")
-    p.add_argument("--partners", help="a .json / .csv partner file (default: the container's CREMI annotations)")
+    p.add_argument("--partners", metavar="FILE_OR_RUN",
+                   help="predicted partners drawn over the ground truth: a partner file (.json / .csv / .parquet / "
+                        ".feather) or a prediction run directory (its result collection)")
+    p.add_argument("--min-score", type=float, help="draw only predictions scoring at least this")
+    p.add_argument("--ground-truth", metavar="FILE",
+                   help="ground-truth partner file (default: the container's CREMI annotations)")
+    p.add_argument("--no-ground-truth", action="store_true", help="draw the predictions alone")
     p.set_defaults(func=_run_show)
 
 
 def _run_show(args) -> int:
     from .synthetic import show
 
+    if args.no_ground_truth and args.ground_truth:
+        raise SynfulError("show: --ground-truth and --no-ground-truth exclude each other")
+    if args.no_ground_truth and not args.partners:
+        raise SynfulError("show: --no-ground-truth needs --partners (nothing would be drawn)")
+    if args.min_score is not None and not args.partners:
+        raise SynfulError("show: --min-score filters the predictions of --partners")
     print(show(args.container, args.out, num_slices=args.slices, raw_dataset=args.raw_dataset,
-               partners=args.partners))
+               partners=args.ground_truth, predicted=args.partners, min_score=args.min_score,
+               ground_truth=not args.no_ground_truth))
     return 0
 
 

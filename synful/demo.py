@@ -259,16 +259,12 @@ def _predict_setup(base: Path, iteration: int, raw_container: Path, workers: int
 
 
 def _slice_png(run: Path, test_container: Path, score_thr: float) -> Path:
-    import numpy as np
-
-    from .store import open_run_store
+    """``demo_slices.png``: the test run's predictions at the calibrated threshold over the ground truth."""
     from .synthetic import show
 
-    with open_run_store(run) as store:
-        pred = store.query()
-    pred = pred[pred["score"] >= score_thr]
     out = run / "evaluation" / "demo_slices.png"
-    show(test_container, out, partners=None, predicted=np.asarray(pred))
+    show(test_container, out, predicted=run, min_score=score_thr,
+         title=f"{test_container.name} (test), calibrated threshold")
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import SynfulError
 from .io.files import atomic_write
 
-__all__ = ["write_synthetic", "read_synthetic_params", "show"]
+__all__ = ["write_synthetic", "read_synthetic_params", "show", "show_figure"]
 
 logger = logging.getLogger("synful.synthetic")
 
@@ -113,61 +113,96 @@ def write_synthetic(path, shape, *, seed: int = 0, voxel_size=(40, 4, 4), offset
     return path
 
 
-def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volumes/raw", partners=None,
-         predicted=None, max_size: int = 800) -> Path:
-    """Write a PNG of ``num_slices`` z-sections with the ground-truth sites drawn on the raw.
+#: how each kind of partner is drawn: link colour, (pre marker, colour, size), (post marker, colour, size)
+_GROUND_TRUTH_STYLE = ("yellow", ("^", "red", 7), ("o", "cyan", 6))
+_PREDICTED_STYLE = ("orange", ("^", "orange", 6), ("s", "magenta", 5))
 
-    The sections shown are those with the most sites.  Pre-sites are red
-    triangles, post-sites cyan circles, each partner a yellow line (dashed
-    when its other end lies in another section).  ``partners`` is a
-    PARTNER_DTYPE array or a .json/.csv path; default: the container's CREMI
-    annotations.  Sections larger than ``max_size`` pixels are shown
-    subsampled.  ``predicted`` (PARTNER_DTYPE array or path) is drawn on top:
-    pre-sites orange triangles, post-sites magenta squares, partners orange
-    lines.  Returns the PNG path (default: the container with suffix ``.png``).
+
+def show(container, out=None, *, num_slices: int = 4, raw_dataset: str = "volumes/raw", partners=None,
+         predicted=None, min_score: float | None = None, ground_truth: bool = True, max_size: int = 800,
+         title: str | None = None) -> Path:
+    """Write :func:`show_figure` as a PNG; returns its path (default: the container with suffix ``.png``)."""
+    fig = show_figure(container, num_slices=num_slices, raw_dataset=raw_dataset, partners=partners,
+                      predicted=predicted, min_score=min_score, ground_truth=ground_truth, max_size=max_size,
+                      title=title)
+    out = Path(out) if out is not None else Path(container).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def show_figure(container, *, num_slices: int = 4, raw_dataset: str = "volumes/raw", partners=None,
+                predicted=None, min_score: float | None = None, ground_truth: bool = True, max_size: int = 800,
+                title: str | None = None):
+    """A matplotlib ``Figure`` of ``num_slices`` z-sections of the raw with partner sites drawn on them.
+
+    Ground truth (``partners``: a PARTNER_DTYPE array or a .json/.csv path;
+    default: the container's CREMI annotations; left out with
+    ``ground_truth=False``): pre-sites red triangles, post-sites cyan circles,
+    links yellow.  Predictions (``predicted``: an array, a partner file, or a
+    prediction run directory whose result collection is read; only those
+    scoring at least ``min_score`` when given), drawn on top:
+    pre-sites orange triangles, post-sites magenta squares, links orange.  A
+    link is dashed when its other end lies in another section.  The figure's
+    legend names every marker and line style drawn, its title what is shown
+    and how many partners of each kind.  The sections shown are those with
+    the most sites (of both kinds); sections larger than ``max_size`` pixels
+    are subsampled.  ``title`` starts the title (default: the container's name).
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
+    from .io.partners import empty_partners
     from .io.volumes import open_volume
 
     container = Path(container)
     raw = open_volume(container, raw_dataset)
-    partners, predicted = _shown_partners(container, partners, predicted)
+    partners, predicted = _shown_partners(container, partners, predicted, ground_truth)
+    if predicted is not None and min_score is not None:
+        predicted = predicted[predicted["score"] >= min_score]
     vs = np.asarray(raw.voxel_size)
     off = np.asarray(raw.offset)
-    zs = _busiest_sections(partners, raw.shape[-3], num_slices, off, vs)
+    kinds = [(name, links, style) for name, links, style in
+             (("ground truth", partners, _GROUND_TRUTH_STYLE), ("predicted", predicted, _PREDICTED_STYLE))
+             if links is not None]
+    every = np.concatenate([links for _, links, _ in kinds]) if kinds else empty_partners(0)
+    zs = _busiest_sections(every, raw.shape[-3], num_slices, off, vs)
     n = len(zs)
     stride = max(1, int(math.ceil(max(raw.shape[-2:]) / max_size)))
-    styles = [(partners, "yellow", ("^", "red", 7), ("o", "cyan", 6))]
-    if predicted is not None:
-        styles.append((predicted, "orange", ("^", "orange", 6), ("s", "magenta", 5)))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 5.2))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, z in zip(axes[0], zs):
-        _draw_section(ax, raw, z, stride, styles, off, vs)
-    if predicted is not None:
-        fig.suptitle(f"{container.name}: {len(partners)} ground-truth partners (red pre, cyan post), "
-                     f"{len(predicted)} predicted (orange pre, magenta post)", fontsize=10)
-    else:
-        fig.suptitle(f"{container.name}: {len(partners)} partners (red: pre, cyan: post)", fontsize=10)
-    fig.tight_layout()
-    out = Path(out) if out is not None else container.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+        _draw_section(ax, raw, z, stride, [(links, *style) for _, links, style in kinds], off, vs)
+    handles = []
+    for name, _, (line, (pm, pc, ps), (qm, qc, qs)) in kinds:
+        handles += [Line2D([], [], marker=pm, color=pc, ms=ps, mec="black", mew=0.5, ls="none",
+                           label=f"{name} pre-site"),
+                    Line2D([], [], marker=qm, color=qc, ms=qs, mec="black", mew=0.5, ls="none",
+                           label=f"{name} post-site"),
+                    Line2D([], [], color=line, lw=1, ls="-", label=f"{name} link, both sites in this section"),
+                    Line2D([], [], color=line, lw=1, ls="--", label=f"{name} link, other site in another section")]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    counts = " and ".join(f"{name} ({len(links)} partners)" for name, links, _ in kinds) or "no partners"
+    if predicted is not None and min_score is not None:
+        counts += f", predictions scoring >= {min_score:g}"
+    fig.suptitle(f"{title or container.name}: {counts}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 * (1 + len(kinds)), 1, 1))
+    return fig
 
 
-def _shown_partners(container: Path, partners, predicted):
-    """``(partners, predicted)`` as PARTNER_DTYPE arrays: paths read, ``partners`` defaulting to the
-    container's annotations (none when it has none)."""
+def _shown_partners(container: Path, partners, predicted, ground_truth: bool = True):
+    """``(partners, predicted)`` as PARTNER_DTYPE arrays or None (not shown): paths read, a prediction run
+    directory's collection queried, ``partners`` defaulting to the container's annotations (none when it
+    has none)."""
     from .io.cremi import read_annotations
     from .io.partners import empty_partners, read_partners
 
-    if partners is None:
+    if not ground_truth:
+        partners = None
+    elif partners is None:
         try:
             partners = read_annotations(container, labels_dataset=None)
         except SynfulError:
@@ -175,7 +210,13 @@ def _shown_partners(container: Path, partners, predicted):
     elif not isinstance(partners, np.ndarray):
         partners = read_partners(partners)
     if predicted is not None and not isinstance(predicted, np.ndarray):
-        predicted = read_partners(predicted)
+        if Path(predicted).is_dir() and (Path(predicted) / "predict_config.ini").is_file():
+            from .store import open_run_store
+
+            with open_run_store(predicted) as store:
+                predicted = store.query()
+        else:
+            predicted = read_partners(predicted)
     return partners, predicted
 
 

@@ -15,15 +15,16 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from synful.config import ConfigError, Evaluation
-from synful.evaluate import (EvaluationError, check_inputs, evaluate, evaluate_config, evaluate_run,
-                             filter_partners, match_partners, read_evaluation_json, read_skeleton_ids,
-                             results_filename)
+from synful.evaluate import (EvaluationError, auto_score_thresholds, check_inputs, evaluate, evaluate_config,
+                             evaluate_run, filter_partners, match_partners, read_evaluation_json,
+                             read_skeleton_ids, results_filename)
 from synful.io.partners import NO_ID, empty_partners, write_partners_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # no filters unless a test turns one on; matching = location (the default)
-PLAIN = Evaluation(filter_same_id=False, filter_redundant=False, filter_seg_ids=[], matching_threshold=100.0)
+PLAIN = Evaluation(filter_same_id=False, filter_redundant=False, filter_seg_ids=[], matching_threshold=100.0,
+                   score_thresholds=[0.0])
 MODE = {"seg": "segment", "skel": "skeleton"}  # id type -> the matching mode that compares it
 
 
@@ -77,11 +78,13 @@ def test_filters_removing_every_prediction_are_reported(caplog):
     with caplog.at_level("WARNING", logger="synful.evaluate"):
         (res,) = evaluate(pred, gt, S(filter_seg_ids=[0]), where="case")
     assert res["predcount"] == 0
-    assert "case: filter_seg_ids / filter_same_id remove all 2 predictions" in caplog.text
+    assert ("case: at every threshold no predictions left: of 2, the filters removed filter_seg_ids 2, "
+            "filter_same_id 0, score_thr 0, filter_redundant 0") in caplog.text
+    assert res["note"].startswith("no predictions left: of 2") and res["removed"]["filter_seg_ids"] == 2
     caplog.clear()
     with caplog.at_level("WARNING", logger="synful.evaluate"):
         evaluate(pred, gt, S(filter_seg_ids=[7]), where="case")
-    assert "remove all" not in caplog.text
+    assert "no predictions" not in caplog.text
 
 
 @pytest.mark.parametrize("kind", ["seg", "skel"])
@@ -610,7 +613,7 @@ def test_cremi_ground_truth_matched_by_segment_ids(tmp_path):
     write_partners_json(pred, tmp_path / "pred.json")
     cfg = tmp_path / "cremi_eval.json"
     cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50,
-                               "matching": "segment"}))
+                               "matching": "segment", "score_thresholds": [0]}))
     results, out = evaluate_config(cfg)
     assert out == tmp_path / "cremi_eval_evaluation"
     (r,) = results
@@ -619,7 +622,8 @@ def test_cremi_ground_truth_matched_by_segment_ids(tmp_path):
     assert ids["ground_truth"].startswith(f"{tmp_path / 'sample.hdf'}/volumes/labels/neuron_ids")
     assert "not recorded" in ids["predictions"]
     # location matching (the default) on the same files: p1 sits on g1
-    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50}))
+    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "sample.hdf", "matching_threshold": 50,
+                               "score_thresholds": [0]}))
     (r,) = evaluate_config(cfg)[0]
     assert counts(r) == (2, 0, 0) and r["matching"] == "location"
 
@@ -657,7 +661,7 @@ def test_evaluate_run_segment_matching_checks_one_segmentation(tmp_path):
     create_train_setup(tmp_path, "exp", 0)
     (setup,) = create_predict_setups(tmp_path, "exp", 0, [10], overrides={"predict_config.ini": {
         "Extraction": {"seg_container": str(sample)},
-        "Evaluation": {"matching_threshold": 50.0, "matching": "segment"}}})
+        "Evaluation": {"matching_threshold": 50.0, "matching": "segment", "score_thresholds": [0.0]}}})
     with open_run_store(setup) as store:
         store.create()
         store.write_block(0, pred)
@@ -700,3 +704,81 @@ def test_cli_evaluate_prints_the_matching_mode_and_refuses_bad_inputs(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'data' / 'pred.json'}[4] id: duplicate id 0 "
                                                  f"(first at record 0)")
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# default thresholds, predictions the filters remove
+# ---------------------------------------------------------------------------------------------
+
+def test_default_thresholds_sweep_the_scores():
+    assert Evaluation().score_thresholds is None  # default: derived from the data, not one point
+    assert auto_score_thresholds(np.array([])) == [0.0]
+    assert auto_score_thresholds(np.array([7.0, 7.0])) == [7.0]
+    # 3 significant digits, rounded down: each threshold still keeps the score it came from
+    thrs = auto_score_thresholds(np.array([0.12345, 3.0, 1234.5, 99.99]))
+    assert thrs == [0.123, 3.0, 99.9, 1230.0]
+    scores = np.arange(1.0, 101.0) * 1.7  # a sum-type scale, far beyond [0, 1]
+    thrs = auto_score_thresholds(scores)
+    assert 15 <= len(thrs) <= 21 and thrs == sorted(thrs) and thrs[0] <= scores.min() and thrs[-1] <= scores.max()
+    assert thrs[-1] > scores.max() * 0.99
+    pred = P(*[L((0, 0, 10 * k), (0, 0, 10 * k + 50), score=float(s)) for k, s in enumerate(scores)])
+    res = evaluate(pred, pred, S(score_thresholds=None))
+    assert [r["score_thr"] for r in res] == thrs and {r["score_thresholds_from"] for r in res} == {"scores"}
+    assert res[0]["predcount"] == 100 and res[-1]["predcount"] == 1
+    # thresholds given (settings or call) are kept as given
+    assert [r["score_thresholds_from"] for r in evaluate(pred, pred, S(score_thresholds=[1.0]))] == ["settings"]
+    assert [r["score_thresholds_from"] for r in evaluate(pred, pred, S(), score_thresholds=[2.0])] == ["call"]
+
+
+def test_default_thresholds_from_ini_and_json_and_calibration(tmp_path):
+    gt = P(L((0, 0, 0), (0, 0, 50)), L((0, 0, 500), (0, 0, 550)), L((0, 0, 1000), (0, 0, 1050)))
+    pred = P(L((0, 0, 0), (0, 0, 50), score=9.0), L((0, 0, 500), (0, 0, 550), score=4.0),
+             L((0, 0, 3000), (0, 0, 3050), score=1.0))
+    write_partners_json(pred, tmp_path / "pred.json")
+    write_partners_json(gt, tmp_path / "gt.json")
+    cfg = tmp_path / "val.json"
+    cfg.write_text(json.dumps({"pred_synlinks": "pred.json", "gt_synlinks": "gt.json"}))
+    results, out = evaluate_config(cfg)
+    assert [r["score_thr"] for r in results] == [1.0, 4.0, 9.0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["score_thresholds_from"] == "scores" and summary["settings"]["score_thresholds"] is None
+    assert summary["best"]["score_thr"] == 4.0  # tp 2 of 2 predictions, 3 ground truth
+    # calibration replaces the derived sweep with the chosen threshold
+    test_cfg = tmp_path / "test.json"
+    test_cfg.write_text(cfg.read_text())
+    (r,), _ = evaluate_config(test_cfg, calibration=out)
+    assert r["score_thr"] == 4.0 and r["calibration"]["score_thr"] == 4.0 and r["score_thresholds_from"] == "settings"
+    # `None` in the ini reads as the derived default; an explicit list stays a list
+    from synful.config.keys import section_values
+
+    assert section_values(Evaluation, {"score_thresholds": "None"}, "x", None)["score_thresholds"] is None
+    assert section_values(Evaluation, {"score_thresholds": "0, 5"}, "x", None)["score_thresholds"] == [0.0, 5.0]
+
+
+def test_no_predictions_are_noted_with_the_counts_each_filter_removed(tmp_path, caplog):
+    gt = P(L((0, 0, 0), (0, 0, 50), seg=(1, 2)))
+    with caplog.at_level("WARNING", logger="synful.evaluate"):
+        (r,) = evaluate(empty_partners(0), gt, S(), where="none")
+    assert r["predcount"] == 0 and r["note"] == "no predictions: the input holds none"
+    assert "none: no predictions to evaluate" in caplog.text
+    # seg ids 0 (1 removed), same id (1), score (1 below 5 at thr 5), redundancy (1 of 2 close post sites)
+    pred = P(L((0, 0, 0), (0, 0, 50), seg=(0, 2), score=9), L((0, 0, 0), (0, 0, 60), seg=(3, 3), score=9),
+             L((0, 0, 0), (0, 0, 70), seg=(1, 2), score=1), L((0, 0, 0), (0, 0, 80), seg=(1, 2), score=8),
+             L((0, 0, 0), (0, 0, 90), seg=(1, 2), score=7))
+    s = S(filter_seg_ids=[0], filter_same_id=True, filter_redundant=True, filter_redundant_dist_thr=50.0,
+          score_thresholds=[5.0, 100.0])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="synful.evaluate"):
+        low, high = evaluate(pred, gt, s, where="case")
+    assert low["predcount"] == 1 and "note" not in low
+    assert low["removed"] == {"filter_seg_ids": 1, "filter_same_id": 1, "score_thr": 1, "filter_redundant": 1}
+    assert high["predcount"] == 0 and high["removed"]["score_thr"] == 3
+    assert high["note"] == ("no predictions left: of 5, the filters removed filter_seg_ids 1, filter_same_id 1, "
+                            "score_thr 3, filter_redundant 0")
+    assert "case: at 1 of 2 thresholds (from 100) no prediction is left" in caplog.text
+    out = tmp_path / "out"
+    from synful.evaluate import write_results
+
+    write_results([low, high], out)
+    sweep = json.loads((out / "summary.json").read_text())["sweep"]
+    assert "note" not in sweep[0] and sweep[1]["note"] == high["note"] and sweep[1]["removed"] == high["removed"]

@@ -54,7 +54,8 @@ EVALUATION_RULES = (
                  "matching_threshold_only_pre and matching_threshold_only_post cannot both be true (both false "
                  "matches on both sites)",
                  call="matching_threshold_only_pre and matching_threshold_only_post cannot both be true"),
-    CrossKeyRule("score_thresholds", lambda s: not s.score_thresholds, "give at least one score threshold",
+    CrossKeyRule("score_thresholds", lambda s: s.score_thresholds is not None and not s.score_thresholds,
+                 "give at least one score threshold (or None: derived from the scores)",
                  call="{key}: {text}"),
     CrossKeyRule("only_input_synapses", lambda s: s.only_input_synapses and s.skeleton_ids is None,
                  "needs skeleton_ids (inputs and outputs are per neuron)", call=_PER_NEURON_CALL),

@@ -179,7 +179,12 @@ class Evaluation:
                                                       "predictions' own ids); None: the ids the predictions carry",
                                                 path=True)
     matching_seg_dataset: str = key("volumes/labels/neuron_ids", "dataset of matching_seg_container")
-    score_thresholds: list[float] = key([0.0], "score thresholds to sweep (keep score >= threshold)")
+    score_thresholds: Optional[list[float]] = key(None, "score thresholds to sweep (keep score >= threshold); None: "
+                                                        "derived from the data, the distinct 0, 5, ..., 100 % "
+                                                        "quantiles of the scores left by filter_seg_ids and "
+                                                        "filter_same_id, rounded down to 3 significant digits "
+                                                        "(scores are sums, means, maxima or counts, see "
+                                                        "[Extraction] score_type, so no fixed list fits every run)")
     matching_threshold: float = key(400.0, "maximal matching distance, nm", minimum=0)
     matching_threshold_only_pre: bool = key(False, "match on pre-site distance only")
     matching_threshold_only_post: bool = key(False, "match on post-site distance only (both false: both sites, cost their mean)")

@@ -24,6 +24,13 @@ Filters on predictions, in this order (:func:`filter_partners`):
    Partners with a missing id, or with an id in
    ``filter_redundant_ignore_ids``, are never clustered.
 
+Score thresholds: ``score_thresholds`` lists them; None (the default) derives
+them from the data (:func:`auto_score_thresholds` of the scores filters 1 and
+3 leave), since the score scale depends on the extraction's score type.  Every
+result counts the predictions each filter removed (``removed``) and, where
+none is left, says why (``note``, also logged as a warning); the
+precision-recall plot then writes that note instead of drawing a point.
+
 Matching (:func:`match_partners`): a prediction and a ground-truth partner are
 a feasible pair only if their (pre id, post id) pairs are equal with no id
 missing (when matching by ids) and their distance is within
@@ -100,10 +107,10 @@ from .calibration import calibrated, read_calibration
 from .common import MATCH_DTYPE, EvaluationError, Matching, check_inputs, logger, read_ground_truth
 from .filters import filter_partners
 from .matching import match_partners
-from .results import plot_precision_recall, results_filename, write_results
+from .results import plot_precision_recall, precision_recall_figure, results_filename, write_results
 from .runs import evaluate_config, evaluate_run
 from .settings import JSON_REQUIRED, check_settings, read_evaluation_json, read_skeleton_ids
-from .sweep import evaluate
+from .sweep import auto_score_thresholds, evaluate
 
 __all__ = [
     "EvaluationError",
@@ -118,6 +125,8 @@ __all__ = [
     "evaluate",
     "write_results",
     "plot_precision_recall",
+    "precision_recall_figure",
+    "auto_score_thresholds",
     "evaluate_config",
     "evaluate_run",
     "results_filename",

@@ -14,17 +14,25 @@ from ..io.skeletons import geodesic_distances
 from .common import _ID_FIELDS, EvaluationError, _as_partners, _sites
 
 
-def _static_mask(pred: np.ndarray, s: Evaluation) -> np.ndarray:
-    """Score-independent filters: filter_seg_ids and filter_same_id."""
-    keep = np.ones(len(pred), dtype=bool)
+def _static_masks(pred: np.ndarray, s: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """The score-independent filters apart: (kept by filter_seg_ids, kept by filter_same_id), each over all
+    of ``pred`` (all True where the filter is off)."""
+    seg_keep = np.ones(len(pred), dtype=bool)
     if s.filter_seg_ids:
         listed = np.asarray(s.filter_seg_ids, dtype=np.int64)
         for f in ("pre_seg_id", "post_seg_id"):
-            keep &= ~((pred[f] != NO_ID) & np.isin(pred[f], listed))
+            seg_keep &= ~((pred[f] != NO_ID) & np.isin(pred[f], listed))
+    same_keep = np.ones(len(pred), dtype=bool)
     if s.filter_same_id:
         pre, post = (pred[f] for f in _ID_FIELDS[s.filter_same_id_type])
-        keep &= ~((pre == post) & (pre != NO_ID))
-    return keep
+        same_keep = ~((pre == post) & (pre != NO_ID))
+    return seg_keep, same_keep
+
+
+def _static_mask(pred: np.ndarray, s: Evaluation) -> np.ndarray:
+    """Score-independent filters: filter_seg_ids and filter_same_id."""
+    seg_keep, same_keep = _static_masks(pred, s)
+    return seg_keep & same_keep
 
 
 def _redundancy_candidates(pred: np.ndarray, s: Evaluation):

@@ -21,18 +21,23 @@ def _best(results: list[dict]) -> dict:
     return results[int(np.argmax([r["fscore"] for r in results]))]
 
 
-def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
-    """Precision-recall curve over the threshold sweep (PNG), the best f-score marked; atomic."""
+def precision_recall_figure(results: list[dict], title: str = "", max_labels: int = 10):
+    """The precision-recall figure of a threshold sweep (a matplotlib ``Figure``, one ``Axes``).
+
+    Thresholds evaluating no prediction (``predcount`` 0) have no precision and
+    are left off the curve; when none is left, the axes say so in a text (the
+    result's ``note``) instead of drawing a point.  Thresholds are written next
+    to their points: all of them up to ``max_labels``, else ``max_labels``
+    spread evenly along the curve (first and last included); the best f-score
+    (:func:`_best`) is a star with its own label.  Iso-f-score lines are grey.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    path = Path(path)
     res = sorted(results, key=lambda r: r["score_thr"])
-    rec = [r["recall"] for r in res]
-    prec = [r["precision"] for r in res]
-    best = _best(results)
+    shown = [r for r in res if r["predcount"] > 0]
     fig = Figure(figsize=(5.5, 5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     grid = np.linspace(0.01, 1, 200)
@@ -41,17 +46,54 @@ def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
         ok = (p > 0) & (p <= 1)
         ax.plot(grid[ok], p[ok], color="0.85", lw=0.8, zorder=0)
         ax.annotate(f"f={f:g}", (grid[ok][-1], p[ok][-1]), fontsize=7, color="0.6")
-    ax.plot(rec, prec, "-o", ms=3, color="tab:blue", label="score threshold sweep")
-    ax.plot([best["recall"]], [best["precision"]], "*", ms=14, color="tab:red",
-            label=f"best f-score {best['fscore']:.3f} (thr {best['score_thr']:g})")
+    if shown:
+        best = _best(shown)
+        ax.plot([r["recall"] for r in shown], [r["precision"] for r in shown], "-o", ms=3, color="tab:blue",
+                label="score threshold sweep")
+        ax.plot([best["recall"]], [best["precision"]], "*", ms=14, color="tab:red",
+                label=f"best f-score {best['fscore']:.3f} (thr {best['score_thr']:g})")
+        for r in _labelled(shown, max_labels):
+            if r is not best:
+                ax.annotate(f"{r['score_thr']:g}", (r["recall"], r["precision"]), xytext=(4, 4),
+                            textcoords="offset points", fontsize=7, color="tab:blue")
+        ax.annotate(f"thr {best['score_thr']:g}", (best["recall"], best["precision"]), xytext=(6, -12),
+                    textcoords="offset points", fontsize=8, color="tab:red", fontweight="bold")
+        if len(shown) < len(res):
+            first = min(r["score_thr"] for r in res if r["predcount"] == 0)
+            ax.text(0.98, 0.02, f"thresholds >= {first:g}: no predictions left", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color="0.4")
+        ax.legend(loc="lower left", fontsize=8)
+    else:
+        note = res[0].get("note") or "no predictions"
+        ax.text(0.5, 0.5, _wrap(note), transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                color="tab:red", wrap=True)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(f"{title or 'synaptic partners: precision-recall'} (matching: {best['matching']})")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"{title or 'synaptic partners: precision-recall'} (matching: {res[0]['matching']})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _labelled(results: list[dict], n: int) -> list[dict]:
+    """All of ``results`` when at most ``n``, else ``n`` of them evenly spaced by index, both ends included."""
+    if len(results) <= n:
+        return list(results)
+    return [results[i] for i in sorted({int(round(i)) for i in np.linspace(0, len(results) - 1, n)})]
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def plot_precision_recall(results: list[dict], path, title: str = "") -> Path:
+    """Write :func:`precision_recall_figure` as a PNG at ``path`` (atomic); returns ``path``."""
+    path = Path(path)
+    fig = precision_recall_figure(results, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
@@ -62,7 +104,10 @@ def write_results(results: list[dict], out_dir, *, inputs: dict | None = None, t
 
     Every file is written to a temporary name and renamed, so a rerun replaces
     them and an interrupted one leaves no partial file.  ``inputs`` (e.g. the
-    partner files) is recorded in each file.  Returns ``out_dir``.
+    partner files) is recorded in each file.  ``summary.json``: the best
+    result, the sweep's counts per threshold (with ``removed`` per filter and,
+    where no prediction is left, ``note``), where the thresholds came from,
+    ``matching``, ``settings`` and ``inputs``.  Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +121,10 @@ def write_results(results: list[dict], out_dir, *, inputs: dict | None = None, t
     best = _best(results)
     keys = ("score_thr", "fscore", "precision", "recall", "tpcount", "fpcount", "fncount", "predcount", "gtcount",
             "num_clustered")
-    summary = {"best": {k: best[k] for k in keys}, "sweep": [{k: r[k] for k in keys} for r in results],
+    extra = ("removed", "note")  # why a threshold has no predictions (absent in older results)
+    summary = {"best": {k: best[k] for k in keys},
+               "sweep": [{**{k: r[k] for k in keys}, **{k: r[k] for k in extra if k in r}} for r in results],
+               "score_thresholds_from": best.get("score_thresholds_from"),
                "matching": best["matching"], "settings": best["settings"], "inputs": inputs}
     atomic_write(out_dir / "summary.json", dump(summary))
     plot_precision_recall(results, out_dir / "precision_recall.png", title)

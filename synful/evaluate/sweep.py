@@ -12,7 +12,7 @@ import numpy as np
 from ..config import EVALUATION_RULES, Evaluation, to_dict, uses_geodesic
 from ..io.skeletons import SkeletonError, load_skeleton
 from .common import _ID_FIELDS, _MODE_IDS, EvaluationError, _as_partners, check_inputs, logger
-from .filters import _geodesic_edges, _redundancy_edges, _redundant_keep, _static_mask
+from .filters import _geodesic_edges, _redundancy_edges, _redundant_keep, _static_masks
 from .matching import _assign, _match_edges
 
 
@@ -29,7 +29,9 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     needs ``matching = skeleton``), or None to evaluate all partners at once
     (``settings.skeleton_ids``, a path, is not read here; see
     :func:`read_skeleton_ids`).  ``score_thresholds`` (finite numbers)
-    defaults to ``settings.score_thresholds``.
+    defaults to ``settings.score_thresholds``; when both are None the sweep
+    is :func:`auto_score_thresholds` of the scores left by filter_seg_ids and
+    filter_same_id.
 
     ``filter_redundant_dist_type = geodesic`` (as Synful's FAFB evaluator):
     for each evaluated neuron, the redundancy distances of the predictions
@@ -53,26 +55,76 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, settings: Evaluation, skeleton_id
     predcount, gtcount, num_clustered`` (predictions removed by
     filter_redundant), ``matching``, ``pred_missing_ids`` and
     ``gt_missing_ids`` (partners lacking the matched ids), ``neurons``
-    (per-neuron counts, FAFB protocol only) and ``settings`` (the Evaluation keys).
+    (per-neuron counts, FAFB protocol only), ``settings`` (the Evaluation
+    keys), ``score_thresholds_from`` (``settings``, ``call`` or ``scores``:
+    where the sweep came from), ``removed`` (predictions each filter removed,
+    counted in the order applied: ``filter_seg_ids`` and ``filter_same_id``
+    over all predictions, then ``score_thr`` and ``filter_redundant`` summed
+    like ``predcount``) and, only where ``predcount`` is 0, ``note`` (why:
+    no predictions at all, or what the filters removed; also logged as a
+    warning).
     """
     pred, gt = _as_partners(pred, "pred"), _as_partners(gt, "gt")
     thrs = _check_call(settings, score_thresholds, skeleton_ids, skeletons, where)
+    origin = "call" if score_thresholds is not None else "settings"
     if skeleton_ids is not None:
         skeleton_ids = np.asarray(skeleton_ids, dtype=np.int64).reshape(-1)
     matched = _with_match_seg_ids(pred, settings, match_seg_ids, where)
     missing = check_inputs(matched, gt, settings, where=where, sources=sources)
 
     # one pass shared by all thresholds and neurons
-    static = np.flatnonzero(_static_mask(pred, settings))
-    if len(pred) and not len(static):  # predcount 0 would otherwise look like an empty run
-        logger.warning("%s: filter_seg_ids / filter_same_id remove all %d predictions", where, len(pred))
+    seg_keep, same_keep = _static_masks(pred, settings)
+    static = np.flatnonzero(seg_keep & same_keep)
+    removed = {"filter_seg_ids": int((~seg_keep).sum()), "filter_same_id": int((seg_keep & ~same_keep).sum())}
     cand = pred[static]
+    if thrs is None:
+        thrs, origin = auto_score_thresholds(cand["score"]), "scores"
     red_edges = (_redundancy_edges(cand, settings) if settings.filter_redundant and not uses_geodesic(settings)
                  else np.empty((0, 2), np.int64))
     match = _match_edges(matched[static], gt, settings, _MODE_IDS[settings.matching])
     neurons = _neurons(cand, gt, settings, skeleton_ids)
     totals, per_neuron = _sweep(cand, gt, settings, thrs, neurons, red_edges, match, skeletons)
-    return _results(settings, thrs, totals, per_neuron, missing, skeleton_ids)
+    results = _results(settings, thrs, totals, per_neuron, missing, skeleton_ids, removed, len(pred), origin)
+    _warn_empty(results, len(pred), where)
+    return results
+
+
+def auto_score_thresholds(scores: np.ndarray, steps: int = 20) -> list[float]:
+    """The default sweep: the distinct 0, 1/steps, ..., 100 % quantiles of ``scores`` (each an actual score),
+    rounded down to 3 significant digits, ascending; ``[0.0]`` without scores.
+
+    Quantiles rather than a fixed list because the score scale depends on [Extraction] score_type (a sum of
+    probabilities grows with the component's size, a mean stays in [0, 1]).  Rounding down keeps every
+    prediction at or above the threshold taken from its score; the lowest threshold keeps them all.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if not len(scores):
+        return [0.0]
+    qs = np.quantile(scores, np.linspace(0, 1, steps + 1), method="lower")
+    return sorted({_floor_significant(float(q)) for q in qs})
+
+
+def _floor_significant(v: float, digits: int = 3) -> float:
+    """``v`` rounded down to ``digits`` significant digits (short thresholds for file names and labels)."""
+    if v == 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(abs(v))) - digits + 1)
+    r = float(f"{math.floor(v / step) * step:.{digits}g}")
+    return r if r <= v else float(f"{(math.floor(v / step) - 1) * step:.{digits}g}")
+
+
+def _warn_empty(results: list[dict], n_pred: int, where: str) -> None:
+    """Log why thresholds evaluate no prediction: none given, or the filters removed them (their notes)."""
+    empty = [r for r in results if r["predcount"] == 0]
+    if not empty:
+        return
+    if n_pred == 0:
+        logger.warning("%s: no predictions to evaluate", where)
+    elif len(empty) == len(results):
+        logger.warning("%s: at every threshold %s", where, empty[0]["note"])
+    else:
+        logger.warning("%s: at %d of %d thresholds (from %g) no prediction is left; at %g %s", where, len(empty),
+                       len(results), min(r["score_thr"] for r in empty), empty[0]["score_thr"], empty[0]["note"])
 
 
 def _check_rules(view: Evaluation, where: str, keys: Optional[tuple] = None) -> None:
@@ -82,15 +134,18 @@ def _check_rules(view: Evaluation, where: str, keys: Optional[tuple] = None) -> 
             raise EvaluationError(rule.call_message(view, where))
 
 
-def _check_call(settings: Evaluation, score_thresholds, skeleton_ids, skeletons, where: str) -> list[float]:
-    """The score thresholds of an :func:`evaluate` call, after the [Evaluation] cross-key rules
-    (:data:`synful.config.EVALUATION_RULES`) are checked on ``settings`` with the call's arguments in place
-    of their keys: thresholds first (none, or not finite), then the other rules in their order."""
-    thrs = [float(t) for t in (settings.score_thresholds if score_thresholds is None else score_thresholds)]
+def _check_call(settings: Evaluation, score_thresholds, skeleton_ids, skeletons,
+                where: str) -> Optional[list[float]]:
+    """The score thresholds of an :func:`evaluate` call (None: derived from the scores), after the [Evaluation]
+    cross-key rules (:data:`synful.config.EVALUATION_RULES`) are checked on ``settings`` with the call's
+    arguments in place of their keys: thresholds first (none, or not finite), then the other rules in their
+    order."""
+    given = settings.score_thresholds if score_thresholds is None else score_thresholds
+    thrs = None if given is None else [float(t) for t in given]
     view = dataclasses.replace(settings, score_thresholds=thrs, skeleton_ids=skeleton_ids,
                                skeletons=settings.skeletons if skeletons is None else skeletons)
     _check_rules(view, where, keys=("score_thresholds",))
-    bad = [t for t in thrs if not math.isfinite(t)]
+    bad = [t for t in thrs or () if not math.isfinite(t)]
     if bad:
         raise EvaluationError(f"score_thresholds: expected finite numbers, got {bad[0]!r}")
     _check_rules(view, where)
@@ -163,7 +218,7 @@ def _count(thr: float, score: np.ndarray, red: np.ndarray, edges, settings: Eval
 
 def _sweep(cand, gt, settings: Evaluation, thrs, neurons, red_edges, match, skeletons) -> tuple[dict, dict]:
     """Counts summed over ``neurons`` per threshold, and per neuron (FAFB protocol)."""
-    totals = {thr: dict(tp=0, fp=0, fn=0, pred=0, gt=0, clustered=0) for thr in thrs}
+    totals = {thr: dict(tp=0, fp=0, fn=0, pred=0, gt=0, clustered=0, below=0) for thr in thrs}
     per_neuron = {thr: [] for thr in thrs}
     for skel, psel_mask, gsel_mask in neurons:
         psel, gsel = np.flatnonzero(psel_mask), np.flatnonzero(gsel_mask)
@@ -179,13 +234,15 @@ def _sweep(cand, gt, settings: Evaluation, thrs, neurons, red_edges, match, skel
             tot["pred"] += npred
             tot["gt"] += ngt
             tot["clustered"] += n_thr - npred
+            tot["below"] += len(psel) - n_thr
             if skel is not None:
                 per_neuron[thr].append({"skel_id": skel, "tpcount": tp, "fpcount": npred - tp,
                                         "fncount": ngt - tp, "predcount": npred, "gtcount": ngt})
     return totals, per_neuron
 
 
-def _results(settings: Evaluation, thrs, totals: dict, per_neuron: dict, missing: dict, skeleton_ids) -> list[dict]:
+def _results(settings: Evaluation, thrs, totals: dict, per_neuron: dict, missing: dict, skeleton_ids,
+             removed: dict, n_pred: int, origin: str) -> list[dict]:
     """One result dict per threshold (keys in :func:`evaluate`'s doc)."""
     results = []
     settings_dict = to_dict(settings)
@@ -200,6 +257,10 @@ def _results(settings: Evaluation, thrs, totals: dict, per_neuron: dict, missing
         if skeleton_ids is not None:
             res["neurons"] = per_neuron[thr]
         res["settings"] = settings_dict
+        res["score_thresholds_from"] = origin
+        res["removed"] = {**removed, "score_thr": tot["below"], "filter_redundant": tot["clustered"]}
+        if not tot["pred"]:
+            res["note"] = _empty_note(n_pred, res["removed"], skeleton_ids is not None)
         results.append(res)
     return results
 
@@ -222,3 +283,13 @@ def _skeleton_of(skel_id: int, skeletons, settings: Evaluation):
         return skeletons(skel_id) if callable(skeletons) else skeletons[skel_id]
     except KeyError:
         raise EvaluationError(f"filter_redundant_dist_type = geodesic: no skeleton for neuron {skel_id}") from None
+
+
+def _empty_note(n_pred: int, removed: dict, per_neuron: bool) -> str:
+    """Why a threshold evaluates no prediction."""
+    if n_pred == 0:
+        return "no predictions: the input holds none"
+    counts = ", ".join(f"{k} {v}" for k, v in removed.items())
+    text = f"no predictions left: of {n_pred}, the filters removed {counts}"
+    return text + ("; score_thr and filter_redundant counted per neuron, predictions touching none of the "
+                   "neurons not evaluated" if per_neuron else "")

@@ -270,19 +270,29 @@ def summarize(predict_dir, *, run: _Run | None = None, bins: int = 50) -> dict:
     return summary
 
 
-def _histogram(scores: np.ndarray, path: Path, bins: int, title: str):
+def score_histogram_figure(scores: np.ndarray, bins: int, title: str):
+    """The partners' score histogram (a matplotlib ``Figure``, one ``Axes``) with a log count axis: a few
+    high-scoring partners stay visible beside the many low-scoring ones; "no partners" written when empty."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(scores, bins=bins, color="tab:blue")
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    scores = np.asarray(scores, dtype=float)
+    if len(scores):
+        ax.hist(scores, bins=bins, color="tab:blue")
+    else:
+        ax.text(0.5, 0.5, "no partners", transform=ax.transAxes, ha="center", va="center")
+    ax.set_yscale("log")
     ax.set_xlabel("score")
-    ax.set_ylabel("partners")
+    ax.set_ylabel("partners (log scale)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def _histogram(scores: np.ndarray, path: Path, bins: int, title: str):
+    fig = score_histogram_figure(scores, bins, title)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))

@@ -71,32 +71,41 @@ def evaluate_predictions(predictions: list[dict], classes: list[str]) -> dict:
     }
 
 
-def plot_confusion_matrix(matrix, classes: list[str], path, title: str = "synapses") -> Path:
-    """Row-normalised confusion matrix (counts in the cells) as a PNG; written atomically."""
+def confusion_matrix_figure(matrix, classes: list[str], title: str = "synapses", *, run: str | None = None,
+                            checkpoint: str | None = None, split: str | None = None):
+    """The row-normalised confusion matrix (counts in the cells) as a matplotlib ``Figure``; its title names
+    what is counted (``title``), the accuracy and, when given, the run, the checkpoint and the split part."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
 
     m = np.asarray(matrix, float)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(classes), 1.0 + 0.8 * len(classes)))
+    about = [f"{k} {v}" for k, v in (("run", run), ("checkpoint", checkpoint), ("split", split)) if v is not None]
+    # one line each and a minimum width, so that long run and checkpoint names fit beside few classes
+    fig = Figure(figsize=(max(4.5, 1.2 + 0.9 * len(classes)), 1.0 + 0.2 * len(about) + 0.8 * len(classes)))
+    ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}: accuracy {np.trace(m) / max(m.sum(), 1):.3f}")
+    ax.set_title("\n".join([f"{title}: accuracy {np.trace(m) / max(m.sum(), 1):.3f}", *about]), fontsize=9)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, int(m[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def plot_confusion_matrix(matrix, classes: list[str], path, title: str = "synapses", *, run: str | None = None,
+                          checkpoint: str | None = None, split: str | None = None) -> Path:
+    """Write :func:`confusion_matrix_figure` as a PNG at ``path`` (atomic); returns ``path``."""
+    fig = confusion_matrix_figure(matrix, classes, title, run=run, checkpoint=checkpoint, split=split)
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def evaluate_run(predict_dir) -> dict:
@@ -106,7 +115,7 @@ def evaluate_run(predict_dir) -> dict:
     (``classes``, ``synapses``, ``skeletons``), ``confusion_matrix.png`` and
     ``skeleton_confusion_matrix.png``.  Returns the metrics plus ``out_dir``.
     """
-    from .predict import read_predictions
+    from .predict import read_predictions, run_settings
 
     predict_dir = Path(predict_dir).resolve()
     predictions, classes = read_predictions(predict_dir)
@@ -117,7 +126,9 @@ def evaluate_run(predict_dir) -> dict:
                        ("confusion_matrix.json", {"classes": classes, "synapses": metrics["confusion_matrix"],
                                                   "skeletons": metrics["skeleton_confusion_matrix"]})):
         write_json(out / name, data)
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", "synapses")
+    rs = run_settings(predict_dir)
+    about = dict(run=rs.run_name, checkpoint=rs.checkpoint.name, split=f"{rs.split_name} {rs.split_part}")
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", "synapses", **about)
     plot_confusion_matrix(metrics["skeleton_confusion_matrix"], classes, out / "skeleton_confusion_matrix.png",
-                          "skeletons")
+                          "skeletons", **about)
     return dict(metrics, out_dir=str(out))
