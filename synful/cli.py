@@ -119,11 +119,12 @@ def _run_evaluate(args) -> int:
               f"there; sha256 {c['sha256'][:12]})")
         print(f"at it: fscore {r['fscore']:.4f} precision {r['precision']:.4f} recall {r['recall']:.4f} "
               f"(tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']}; matching = {r['matching']}); "
-              f"results in {out_dir}")
+              f"results in {out_dir}" + (f"\nnote: {r['note']}" if r.get("note") else ""))
         return 0
     for r in results:
         print(f"score_thr {r['score_thr']:g}: fscore {r['fscore']:.4f} precision {r['precision']:.4f} "
-              f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})")
+              f"recall {r['recall']:.4f} (tp {r['tpcount']}, fp {r['fpcount']}, fn {r['fncount']})"
+              + (f"; {r['note']}" if r.get("note") else ""))
     best = max(results, key=lambda r: r["fscore"])
     print(f"best fscore {best['fscore']:.4f} at score_thr {best['score_thr']:g} (matching = {best['matching']}); "
           f"results in {out_dir}")
