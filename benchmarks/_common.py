@@ -246,6 +246,12 @@ def summarize(stage: str, r: dict) -> list[dict]:
         rows.append(_row(stage, "read FAFB JSON", r["seconds"]["load_json"], "s"))
     elif stage == "scheduling":
         for mode, x in r["modes"].items():
+            if mode == "million":
+                rows.append(_row(stage, f"{x['blocks']:,} blocks, {x['skipped']:,} masked out, 2 workers",
+                                 x["blocks_per_s"], "blocks/s"))
+                rows.append(_row(stage, f"scheduler peak memory, {x['blocks']:,} blocks",
+                                 round(x["scheduler_peak_rss_bytes"] / 2**20, 1), "MiB"))
+                continue
             rows.append(_row(stage, f"{mode}, {x['blocks']} blocks", x["blocks_per_s"], "blocks/s"))
     elif stage == "cluster":
         for mode, x in r["seconds"].items():
