@@ -92,7 +92,8 @@ def _run_split(args) -> int:
                             synapse_types=args.synapse_types, neither_class=args.neither_class,
                             overwrite=args.overwrite)
     for part, counts in info.counts.items():
-        print(f"{part}: {sum(counts.values())} synapses " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        by_class = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+        print(f"{part}: {sum(counts.values())} synapses" + (f" {by_class}" if by_class else ""))
     return 0
 
 
