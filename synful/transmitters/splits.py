@@ -138,14 +138,15 @@ def check_split(name: str, kind: str, parts: dict[int, str], fractions, groups: 
 
     A part with a fraction > 0 that got no synapse is a SplitError (a split without, say, test
     synapses cannot be evaluated, and the cause -- too few skeletons or hemilineages to deal out --
-    is only visible here).  Returns warnings, one line each, for a part whose synapse count is off the
-    requested count by more than ``FRACTION_TOLERANCE`` of it (and 2 synapses), and for classes missing from a part
-    that has synapses; the caller logs them.
+    is only visible here).  Returns warnings, one line each, for a part whose synapse count is off
+    the requested count by more than ``FRACTION_TOLERANCE`` of it (and 2 synapses), and for classes
+    missing from a part with a fraction > 0; the caller logs them.
     """
     total = len(parts)
     got = Counter(parts.values())
     part_groups = {p: sum(1 for ids in groups.values() if parts.get(ids[0]) == p) for p in PARTS}
-    unit = {"random": "synapses", "skeleton": "skeletons", "hemilineage": "hemilineages (or skeletons without one)"}[kind]
+    unit = {"random": "synapses", "skeleton": "skeletons",
+            "hemilineage": "hemilineages (or skeletons without one)"}[kind]
     summary = ", ".join(f"{p} {got[p]} (requested {f * total:.0f})" for p, f in zip(PARTS, fractions))
     for p, f in zip(PARTS, fractions):
         if f > 0 and got[p] == 0:
