@@ -1,12 +1,29 @@
 #!/usr/bin/env python
-"""Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter] [-d BASE_DIR] [-c] [--yes]"""
+"""Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter] [--set KEY=VALUE ...]
+[-d BASE_DIR] [-c] [--yes]"""
 
 import argparse
 import sys
 from pathlib import Path
 
 from synful.errors import SynfulError
-from synful.scaffold import create_train_setup, remove_train_setup, train_setup_dir
+from synful.scaffold import create_train_setup, remove_train_setup, train_setup_dir, validate_setup
+
+#: the train config file and its section that --set writes into, per kind
+SET_TARGET = {"partner": ("train_config.ini", "Training"),
+              "transmitter": ("transmitter_train_config.ini", "TransmitterTraining")}
+
+
+def _overrides(kind: str, items) -> dict:
+    """``{file: {section: {key: value}}}`` from ``KEY=VALUE`` strings (values as written in an ini file)."""
+    values = {}
+    for item in items or ():
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise SynfulError(f"--set {item!r}: expected KEY=VALUE, e.g. fc_size=256")
+        values[k.strip()] = v.strip()
+    file, section = SET_TARGET[kind]
+    return {file: {section: values}} if values else {}
 
 
 def main(argv=None) -> int:
@@ -17,6 +34,9 @@ def main(argv=None) -> int:
                    help="experiments base directory (default: experiments/ beside this script)")
     p.add_argument("--kind", choices=("partner", "transmitter"), default="partner",
                    help="partner detection (U-Net, default) or neurotransmitter classification (VGG3D)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="set keys of the new train config ([Training] or [TransmitterTraining]), "
+                        "e.g. --set fc_size=256 'input_shape=16, 160, 160'")
     p.add_argument("-c", "--clean", action="store_true", help="remove the setup (asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask before removing")
     args = p.parse_args(argv)
@@ -30,7 +50,15 @@ def main(argv=None) -> int:
                     return 1
             print(f"removed {remove_train_setup(args.base_dir, args.experiment, args.train_id)}")
             return 0
-        print(f"created {create_train_setup(args.base_dir, args.experiment, args.train_id, kind=args.kind)}")
+        target = create_train_setup(args.base_dir, args.experiment, args.train_id, kind=args.kind,
+                                    overrides=_overrides(args.kind, args.set))
+        if args.set:
+            try:
+                validate_setup(target)  # a --set value the config cannot read leaves no setup behind
+            except SynfulError:
+                remove_train_setup(args.base_dir, args.experiment, args.train_id)
+                raise
+        print(f"created {target}")
         return 0
     except SynfulError as e:
         print(f"error: {e}", file=sys.stderr)

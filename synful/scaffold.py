@@ -67,7 +67,19 @@ if len(sys.argv) > 1:
 sys.exit(main(args + sys.argv[2:]))
 '''
 
-TRANSMITTER_TRAIN_LAUNCHER = TRAIN_LAUNCHER.replace('args = ["train", ', 'args = ["transmitter", "train", ')
+TRANSMITTER_TRAIN_LAUNCHER = '''#!/usr/bin/env python
+"""Train this setup: python train.py [ITERATIONS]. Everything else comes from transmitter_train_config.ini;
+without ITERATIONS, training runs to its [TransmitterTraining] iterations."""
+import sys
+from pathlib import Path
+
+from synful.cli import main
+
+args = ["transmitter", "train", str(Path(__file__).resolve().parent)]
+if len(sys.argv) > 1:
+    args += ["--iterations"] + sys.argv[1:2]
+sys.exit(main(args + sys.argv[2:]))
+'''
 
 
 class ScaffoldError(SynfulError):

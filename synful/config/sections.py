@@ -272,6 +272,8 @@ class TransmitterTraining:
     simple_augment: bool = key(True, "in-plane mirror and transpose augmentation")
     intensity_augment: bool = key(True, "intensity scale and shift augmentation")
     mixed_precision: bool = key(False, "train with mixed_float16 (GPU only)")
+    iterations: int = key(500000, "train until this iteration (python train.py N or --iterations N overrides)",
+                          minimum=1)
     checkpoint_every: int = key(1000, "save a checkpoint every N iterations", minimum=1)
     keep_checkpoints: int = key(5, "keep the last K checkpoints (0 keeps all)", minimum=0)
     log_every: int = key(10, "write TensorBoard scalars every N iterations", minimum=1)

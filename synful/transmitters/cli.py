@@ -36,7 +36,8 @@ def add_parser(sub):
 
     q = tsub.add_parser("train", help="train the VGG3D of a transmitter training setup (resumes)")
     q.add_argument("setup_dir", metavar="SETUP_DIR", help="02_train/setup_t<T> with transmitter_train_config.ini")
-    q.add_argument("--iterations", type=int, required=True, help="train up to this iteration")
+    q.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="train up to iteration N (default: [TransmitterTraining] iterations)")
     q.add_argument("--submit", action="store_true", help="submit as a Slurm job (worker_config.ini) instead")
     q.set_defaults(func=_run_train)
 
@@ -50,26 +51,32 @@ def add_parser(sub):
     q.add_argument("predict_dir", metavar="PREDICT_DIR")
     q.set_defaults(func=_run_evaluate)
 
+    from .synthetic_export import SYNTHETIC_DENSITY, SYNTHETIC_SHAPE, SYNTHETIC_VOXEL_SIZE
+
     q = tsub.add_parser("synthetic", help="synthetic raw volume with transmitter-dependent synapses + JSON exports")
     q.add_argument("out_dir", metavar="OUT_DIR", help="writes raw.zarr, synapses.json, skeletons.json, hemilineages.json")
-    q.add_argument("--shape", type=int, nargs=3, default=(40, 400, 400), metavar=("Z", "Y", "X"), help="voxels")
-    q.add_argument("--voxel-size", type=int, nargs=3, default=(40, 8, 8), metavar=("Z", "Y", "X"), help="nm")
+    q.add_argument("--shape", type=int, nargs=3, default=SYNTHETIC_SHAPE, metavar=("Z", "Y", "X"),
+                   help="voxels (default: %(default)s)")
+    q.add_argument("--voxel-size", type=int, nargs=3, default=SYNTHETIC_VOXEL_SIZE, metavar=("Z", "Y", "X"),
+                   help="nm (default: %(default)s, FAFB's, as [TransmitterTraining] voxel_size)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--synapse-types", nargs="+", help="classes to generate (default: all six)")
-    q.add_argument("--density", type=float, default=3.0, help="T-bars per cubic micrometre (default 3)")
+    q.add_argument("--density", type=float, default=SYNTHETIC_DENSITY,
+                   help="T-bars per cubic micrometre (default: %(default)s)")
     q.set_defaults(func=_run_synthetic)
 
 
-def _open(args):
+def _open(args, must_exist: bool = True):
     from .db import open_store
 
-    return open_store(args.store_url, credentials_file=args.credentials_file, credentials_env=args.credentials_env)
+    return open_store(args.store_url, must_exist=must_exist, credentials_file=args.credentials_file,
+                      credentials_env=args.credentials_env)
 
 
 def _run_import(args) -> int:
     from .data import import_collections
 
-    with _open(args) as store:
+    with _open(args, must_exist=False) as store:  # the import creates the store (on its first write)
         s = import_collections(store, args.database, synapses=args.synapses, skeletons=args.skeletons,
                                hemilineages=args.hemilineages, overwrite=args.overwrite)
     print(f"imported {s.synapses} synapses, {s.skeletons} skeletons, {s.hemilineages} hemilineages "
@@ -85,7 +92,8 @@ def _run_split(args) -> int:
                             synapse_types=args.synapse_types, neither_class=args.neither_class,
                             overwrite=args.overwrite)
     for part, counts in info.counts.items():
-        print(f"{part}: {sum(counts.values())} synapses " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        by_class = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+        print(f"{part}: {sum(counts.values())} synapses" + (f" {by_class}" if by_class else ""))
     return 0
 
 

@@ -13,7 +13,9 @@ record's id field when it lacks one; Synister's export format), or one record
 per line (``mongoexport``'s default).  Transmitter names are lower-cased.
 
 Import validates everything before writing anything: a malformed record
-raises :class:`ImportError_` naming the file, the record index and the field;
+(including an integer id or a coordinate outside the int64 range, which
+MongoDB cannot store) raises :class:`DataImportError` naming the file, the
+record index and the field;
 duplicate ids and dangling references (a synapse's skeleton or a skeleton's
 hemilineage that is not in the import) are errors too.  Existing collections
 are only replaced with ``overwrite=True``; on SQLite the whole import is one
@@ -95,15 +97,25 @@ def _key_id(k: str):
 
 # ---- field checks: each returns the cleaned value or raises ValueError(reason) -----------------------------
 
+#: the integer range both backends store (MongoDB's int64; Synful's ids and nm coordinates are int64 too)
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def _int64(i: int, v) -> int:
+    if not INT64_MIN <= i <= INT64_MAX:
+        raise ValueError(f"{v!r} is outside the int64 range [-2**63, 2**63 - 1]")
+    return i
+
+
 def _int(v):
     if isinstance(v, bool):
         raise ValueError(f"expected an integer, got {v!r}")
     if isinstance(v, int):
-        return v
+        return _int64(v, v)
     if isinstance(v, float) and v.is_integer():
-        return int(v)
+        return _int64(int(v), v)
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v.strip())
+        return _int64(int(v.strip()), v)
     raise ValueError(f"expected an integer, got {v!r}")
 
 
@@ -114,12 +126,17 @@ def _opt_int(v):
 def _number(v):
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ValueError(f"expected a number (nm), got {v!r}")
+    # a location is int64 nm once rounded (as partner sites are): larger magnitudes are no location
+    if isinstance(v, int):
+        return _int64(v, v)
     try:
         f = float(v)
     except ValueError:
         raise ValueError(f"expected a number (nm), got {v!r}") from None
     if not math.isfinite(f):
         raise ValueError(f"expected a finite number (nm), got {v!r}")
+    if not INT64_MIN <= f < 2.0 ** 63:
+        raise ValueError(f"{v!r} nm is outside the int64 range [-2**63, 2**63 - 1]")
     return int(f) if f.is_integer() else f
 
 

@@ -78,10 +78,22 @@ def resolve_url(url: str, *, base_dir=None, credentials_file=None, credentials_e
     return f"sqlite:///{where}" if kind == "sqlite" else where
 
 
-def open_store(url: str, **kwargs) -> "DocumentStore":
-    """Open the store at ``url`` (see :func:`resolve_url` for ``base_dir`` and credentials)."""
+def open_store(url: str, *, must_exist: bool = False, **kwargs) -> "DocumentStore":
+    """Open the store at ``url`` (see :func:`resolve_url` for ``base_dir`` and credentials).
+
+    Opening creates nothing: a SQLite file (and its folder) is created by the first write, so a
+    failed import or a read leaves no empty store behind.  ``must_exist=True`` is for the stages
+    that read what ``synful transmitter import`` wrote (split, train, predict, evaluate): a
+    missing SQLite file is then a StoreError naming it.  A MongoDB database likewise exists from
+    its first write; readers find its collections empty.
+    """
     kind, where = resolve_store_url(url, expand_user=True, **kwargs)
-    return _SqliteStore(where) if kind == "sqlite" else _MongoStore(where)
+    if kind == "sqlite":
+        if must_exist and not where.is_file():
+            raise StoreError(f"{where}: no such store file (run `synful transmitter import` into "
+                             f"sqlite:///{where} first)")
+        return _SqliteStore(where)
+    return _MongoStore(where)
 
 
 class Collection(ABC):
@@ -239,9 +251,9 @@ class _SqliteCollection(Collection):
 
 class _SqliteStore(DocumentStore):
     def __init__(self, path):
+        # the writable connection (and the file) is opened by the first write, see SQLiteDB
         self.db = SQLiteDB(path, timeout=SQLITE_BUSY_TIMEOUT_S)
         self.url = self.db.name
-        self.db.writer()  # opened (and the file created) at once, as this store always did
 
     @contextmanager
     def transaction(self):
@@ -280,10 +292,15 @@ class _MongoCollection(Collection):
             return 0
 
         def insert():
+            import bson.errors
+
             try:
                 self.coll.insert_many(docs, ordered=True)
             except pymongo.errors.BulkWriteError as e:
                 raise StoreError(f"{self.name}: {e.details.get('writeErrors', [{}])[0].get('errmsg', e)}") from None
+            except (OverflowError, bson.errors.InvalidDocument) as e:
+                # BSON has no integer beyond int64; importers check this first, so this is a last resort
+                raise StoreError(f"{self.name}: a document cannot be stored in BSON: {e}") from None
 
         self.db.guard(f"inserting into {self.name}", insert)
         return len(docs)

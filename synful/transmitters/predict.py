@@ -82,9 +82,15 @@ class RunSettings:
         self.collection = prediction_collection_name(self.split_name, self.run_name)
 
     def open_store(self):
-        return open_store(self.store_kwargs["url"], base_dir=self.store_kwargs["base_dir"],
-                          credentials_file=self.store_kwargs["credentials_file"],
-                          credentials_env=self.store_kwargs["credentials_env"])
+        # the synapses and the split must be there already; only the prediction collection is new
+        try:
+            return open_store(self.store_kwargs["url"], must_exist=True, base_dir=self.store_kwargs["base_dir"],
+                              credentials_file=self.store_kwargs["credentials_file"],
+                              credentials_env=self.store_kwargs["credentials_env"])
+        except StoreError as e:
+            source = (f"{self.predict_dir / PREDICT_CONFIG} [TransmitterPrediction]" if self.config.store_url
+                      is not None else f"{self.train_dir / TRAIN_CONFIG} [TransmitterTraining]")
+            raise StoreError(f"{source} store_url: {e}") from None
 
 
 def run_settings(predict_dir) -> RunSettings:

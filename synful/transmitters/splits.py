@@ -24,6 +24,7 @@ first), so a split is reproducible.  Stored splits live in ``<db>.splits``
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
@@ -40,6 +41,7 @@ __all__ = [
     "class_names",
     "synapse_labels",
     "make_split",
+    "check_split",
     "create_split",
     "read_split",
     "split_synapses",
@@ -49,6 +51,12 @@ PARTS = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "skeleton", "hemilineage")
 NEITHER = "neither"
 SPLIT_INFO = "split_info"
+#: a part whose synapse count is off its requested count by more than this share of it (and by more than
+#: 2 synapses) is warned about: group splits fill parts in whole skeletons / hemilineages, so smaller
+#: deviations are expected
+FRACTION_TOLERANCE = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 class SplitError(SynfulError):
@@ -106,6 +114,63 @@ def _cut(n: int, fractions) -> list[int]:
     return [bounds[i + 1] - bounds[i] for i in range(len(fractions))]
 
 
+def _groups(synapses: list[dict], skeletons: list[dict], kind: str) -> dict[tuple, list[int]]:
+    """``{group: synapse ids}``: what a split of ``kind`` keeps together.  A group is
+    ``("skeleton", id)`` or ``("hemilineage", id)`` (a skeleton without hemilineage is its own
+    group); a random split's groups are single synapses."""
+    hl = {s["skeleton_id"]: s.get("hemi_lineage_id") for s in skeletons}
+    members: dict[tuple, list[int]] = defaultdict(list)
+    for s in synapses:
+        if kind == "random":
+            group = ("synapse", s["synapse_id"])
+        elif kind == "skeleton":
+            group = ("skeleton", s["skeleton_id"])
+        else:
+            h = hl.get(s["skeleton_id"])
+            group = ("hemilineage", h) if h is not None else ("skeleton", s["skeleton_id"])
+        members[group].append(s["synapse_id"])
+    return members
+
+
+def check_split(name: str, kind: str, parts: dict[int, str], fractions, groups: dict[tuple, list[int]],
+                labels: dict[int, str]) -> list[str]:
+    """Compare the realised part sizes of a split with the requested ``fractions``.
+
+    A part with a fraction > 0 that got no synapse is a SplitError (a split without, say, test
+    synapses cannot be evaluated, and the cause -- too few skeletons or hemilineages to deal out --
+    is only visible here).  Returns warnings, one line each, for a part whose synapse count is off
+    the requested count by more than ``FRACTION_TOLERANCE`` of it (and 2 synapses), and for classes
+    missing from a part with a fraction > 0; the caller logs them.
+    """
+    total = len(parts)
+    got = Counter(parts.values())
+    part_groups = {p: sum(1 for ids in groups.values() if parts.get(ids[0]) == p) for p in PARTS}
+    unit = {"random": "synapses", "skeleton": "skeletons",
+            "hemilineage": "hemilineages (or skeletons without one)"}[kind]
+    summary = ", ".join(f"{p} {got[p]} (requested {f * total:.0f})" for p, f in zip(PARTS, fractions))
+    for p, f in zip(PARTS, fractions):
+        if f > 0 and got[p] == 0:
+            raise SplitError(f"split {name!r} ({kind}): part {p!r} got 0 synapses, {f * total:.0f} of {total} "
+                             f"requested (fraction {f:g}): the {len(groups)} {unit} of {len(set(labels.values()))} "
+                             f"classes are too few to fill every part (synapses per part: {summary}); use "
+                             f"--kind skeleton or random, other --fractions (0 for a part you do not want), or more "
+                             f"data; nothing stored")
+    warnings = []
+    for p, f in zip(PARTS, fractions):
+        want = f * total
+        if abs(got[p] - want) > max(2.0, FRACTION_TOLERANCE * want):
+            warnings.append(f"split {name!r} ({kind}): part {p!r} got {got[p]} synapses ({part_groups[p]} of "
+                            f"{len(groups)} {unit}), {want:.0f} requested (fraction {f:g} of {total}); "
+                            f"synapses per part: {summary}")
+    classes = sorted(set(labels.values()))
+    for p, f in zip(PARTS, fractions):
+        present = {labels[i] for i, q in parts.items() if q == p}
+        missing = [c for c in classes if c not in present]
+        if f > 0 and missing:
+            warnings.append(f"split {name!r} ({kind}): part {p!r} has no synapses of class(es) {', '.join(missing)}")
+    return warnings
+
+
 def make_split(synapses: list[dict], skeletons: list[dict], *, kind: str = "skeleton", fractions=(0.8, 0.1, 0.1),
                seed: int = 0, synapse_types=("gaba", "acetylcholine", "glutamate", "serotonin", "octopamine",
                                              "dopamine"), neither_class: bool = False) -> dict[int, str]:
@@ -132,16 +197,7 @@ def make_split(synapses: list[dict], skeletons: list[dict], *, kind: str = "skel
                 start += size
         return parts
 
-    # group synapses: by skeleton, or by hemilineage (skeletons without one are their own group)
-    hl = {s["skeleton_id"]: s.get("hemi_lineage_id") for s in skeletons}
-    members: dict[tuple, list[int]] = defaultdict(list)
-    for s in synapses:
-        if kind == "skeleton":
-            group = ("skeleton", s["skeleton_id"])
-        else:
-            h = hl.get(s["skeleton_id"])
-            group = ("hemilineage", h) if h is not None else ("skeleton", s["skeleton_id"])
-        members[group].append(s["synapse_id"])
+    members = _groups(synapses, skeletons, kind)
     group_class = {}
     for g, ids in members.items():
         counts = Counter(labels[i] for i in ids)
@@ -165,7 +221,11 @@ def make_split(synapses: list[dict], skeletons: list[dict], *, kind: str = "skel
 def create_split(store: DocumentStore, database: str, name: str, *, kind: str = "skeleton",
                  fractions=(0.8, 0.1, 0.1), seed: int = 0, synapse_types=None, neither_class: bool = False,
                  overwrite: bool = False) -> SplitInfo:
-    """Make a split of ``<db>.synapses`` and store it under ``name``; refuse an existing name unless ``overwrite``."""
+    """Make a split of ``<db>.synapses`` and store it under ``name``; refuse an existing name unless ``overwrite``.
+
+    Before storing, :func:`check_split` refuses a split with an empty part whose fraction is > 0 and
+    logs a warning for each part far off its requested size.
+    """
     from ..config import SYNAPSE_TYPES
 
     synapse_types = tuple(t.lower() for t in (synapse_types or SYNAPSE_TYPES))
@@ -180,6 +240,10 @@ def create_split(store: DocumentStore, database: str, name: str, *, kind: str = 
     parts = make_split(synapses, skeletons, kind=kind, fractions=fractions, seed=seed, synapse_types=synapse_types,
                        neither_class=neither_class)
     labels = synapse_labels(synapses, skeletons, synapse_types, neither_class)
+    labelled = [syn for syn in synapses if syn["synapse_id"] in labels]
+    for warning in check_split(name, kind, parts, _check_fractions(fractions), _groups(labelled, skeletons, kind),
+                               labels):
+        logger.warning("%s", warning)
     counts = {p: {} for p in PARTS}
     for sid, part in parts.items():
         counts[part][labels[sid]] = counts[part].get(labels[sid], 0) + 1
@@ -201,8 +265,12 @@ def read_split(store: DocumentStore, database: str, name: str) -> tuple[SplitInf
     """The stored split ``name``: its info and ``{synapse_id: part}``."""
     docs = store.collection(database, SPLIT_INFO).find({"split": name})
     if not docs:
+        if not store.exists(database, SYNAPSES):
+            raise SplitError(f"{store.url} {database}.{SYNAPSES}: no synapses (run `synful transmitter import` into "
+                             f"this store first, then `synful transmitter split --name {name}`)")
         known = sorted({d["split"] for d in store.collection(database, SPLIT_INFO).find()})
-        raise SplitError(f"{store.url} {database}: no split named {name!r} (known: {', '.join(known) or 'none'})")
+        raise SplitError(f"{store.url} {database}: no split named {name!r} (known: {', '.join(known) or 'none'}; "
+                         f"make it with `synful transmitter split --name {name}`)")
     d = docs[-1]
     info = SplitInfo(split=d["split"], kind=d["kind"], fractions=tuple(d["fractions"]), seed=d["seed"],
                      synapse_types=tuple(d["synapse_types"]), neither_class=bool(d["neither_class"]),

@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import SynfulError
 from ..io.files import write_json
 
-__all__ = ["synapse_records", "write_synthetic_dataset"]
+__all__ = ["SYNTHETIC_SHAPE", "SYNTHETIC_VOXEL_SIZE", "SYNTHETIC_DENSITY", "synapse_records",
+           "write_synthetic_dataset"]
 
 
 def synapse_records(partners: np.ndarray, transmitters, *, hemilineages_per_class: int = 2
@@ -51,12 +52,22 @@ def synapse_records(partners: np.ndarray, transmitters, *, hemilineages_per_clas
     return synapses, skeletons, sorted(hemilineages.values(), key=lambda h: h["hemi_lineage_id"])
 
 
-def write_synthetic_dataset(out_dir, *, shape=(40, 400, 400), voxel_size=(40, 8, 8), seed: int = 0,
-                            synapse_types=None, synapse_density: float = 3.0, hemilineages_per_class: int = 2,
-                            **params) -> dict[str, Path]:
+#: defaults of the synthetic transmitter data set, (z, y, x).  The voxel size is FAFB's (Synister's data):
+#: the [TransmitterTraining] defaults (voxel_size, a 16 x 160 x 160 cube) are FAFB's too, so these data
+#: train with an unedited config.  1.6 x 3.2 x 3.2 um at 10 T-bars per um^3 gives about 140 synapses,
+#: enough for a three-part skeleton split of six classes.
+SYNTHETIC_SHAPE = (40, 800, 800)
+SYNTHETIC_VOXEL_SIZE = (40, 4, 4)
+SYNTHETIC_DENSITY = 10.0
+
+
+def write_synthetic_dataset(out_dir, *, shape=SYNTHETIC_SHAPE, voxel_size=SYNTHETIC_VOXEL_SIZE, seed: int = 0,
+                            synapse_types=None, synapse_density: float = SYNTHETIC_DENSITY,
+                            hemilineages_per_class: int = 2, **params) -> dict[str, Path]:
     """Write ``raw.zarr`` (the synthetic CREMI container) and the three JSON exports into ``out_dir``.
 
-    ``synapse_types`` restricts the generated classes (uniform over them;
+    ``shape`` is voxels and ``voxel_size`` nm, both (z, y, x); ``synapse_density`` is T-bars per
+    cubic micrometre.  ``synapse_types`` restricts the generated classes (uniform over them;
     default all six).  ``params`` go to :func:`synful.synthetic.generate`.
     Returns the paths by name (``raw``, ``synapses``, ``skeletons``,
     ``hemilineages``); JSON files are written atomically.

@@ -5,7 +5,7 @@ Setup directory (made by ``prepare_training.py -e EXP -t T --kind transmitter``)
     02_train/setup_t<T>/
       transmitter_train_config.ini   [TransmitterTraining]
       worker_config.ini              [Worker]
-      train.py                       python train.py ITERATIONS
+      train.py                       python train.py [ITERATIONS] (default: [TransmitterTraining] iterations)
       checkpoints/                   model_checkpoint_<it>.keras (model + optimizer), classes.json
       log/                           TensorBoard scalars (loss, accuracy, per-class sampling)
 
@@ -67,14 +67,17 @@ def latest_checkpoint(setup_dir) -> tuple[int, Path] | None:
 
 def load_training_setup(setup_dir):
     """``(config, class names, store)`` of a transmitter training setup; the caller closes the store."""
-    from .db import open_store
+    from .db import StoreError, open_store
     from .splits import class_names
 
     setup_dir = Path(setup_dir).resolve()
     cfg = read_transmitter_train_config(setup_dir / TRAIN_CONFIG)
     classes = class_names(cfg.synapse_types, cfg.neither_class)
-    store = open_store(cfg.store_url, base_dir=setup_dir, credentials_file=cfg.credentials_file,
-                       credentials_env=cfg.credentials_env)
+    try:
+        store = open_store(cfg.store_url, must_exist=True, base_dir=setup_dir, credentials_file=cfg.credentials_file,
+                           credentials_env=cfg.credentials_env)
+    except StoreError as e:
+        raise StoreError(f"{setup_dir / TRAIN_CONFIG} [TransmitterTraining] store_url: {e}") from None
     return cfg, classes, store
 
 
@@ -194,8 +197,9 @@ def _save(model, setup_dir, iteration: int, keep: int) -> Path:
     return path
 
 
-def train(setup_dir, iterations: int) -> dict:
-    """Train the setup's VGG3D up to ``iterations``, resuming from its newest checkpoint.
+def train(setup_dir, iterations: int | None = None) -> dict:
+    """Train the setup's VGG3D up to ``iterations`` (default: the config's ``iterations``), resuming from
+    its newest checkpoint.
 
     Returns ``{"iteration", "checkpoint", "classes", "train_synapses"}``.  A
     checkpoint (model and optimizer state) is written every
@@ -209,7 +213,7 @@ def train(setup_dir, iterations: int) -> dict:
     setup_dir = Path(setup_dir).resolve()
     source = str(setup_dir / TRAIN_CONFIG)
     cfg, classes, store = load_training_setup(setup_dir)
-    iterations = int(iterations)
+    iterations = cfg.iterations if iterations is None else int(iterations)
     if iterations < 1:
         raise TransmitterTrainError(f"iterations {iterations}: must be >= 1")
     synapses, by_class = _training_synapses(cfg, classes, store, source)
@@ -333,8 +337,9 @@ def _training_loop(setup_dir: Path, cfg, classes: list[str], model, pipeline, ke
     return path
 
 
-def submit_training(setup_dir, iterations: int, *, executor: str = "slurm"):
-    """Submit ``synful transmitter train SETUP_DIR --iterations N`` as one job, like partner training.
+def submit_training(setup_dir, iterations: int | None = None, *, executor: str = "slurm"):
+    """Submit ``synful transmitter train SETUP_DIR [--iterations N]`` as one job, like partner training
+    (without ``iterations``, the job trains to the config's ``iterations``).
 
     Uses the setup's worker_config.ini (``executor`` overrides its executor)
     through :func:`synful.cluster.launch`; the job is recorded in
@@ -351,6 +356,7 @@ def submit_training(setup_dir, iterations: int, *, executor: str = "slurm"):
     if not (setup_dir / TRAIN_CONFIG).is_file():
         raise TransmitterTrainError(f"{setup_dir}: not a transmitter training setup (no {TRAIN_CONFIG})")
     worker = dataclasses.replace(read_worker_config(setup_dir / "worker_config.ini"), executor=executor)
-    args = ["transmitter", "train", str(setup_dir), "--iterations", str(int(iterations))]
+    args = ["transmitter", "train", str(setup_dir)] + ([] if iterations is None else
+                                                        ["--iterations", str(int(iterations))])
     return launch(worker, synful_command(worker, args), name=f"train_{run_ids(setup_dir).name}",
                   log_dir=setup_dir / "jobs")
