@@ -108,3 +108,22 @@ def test_readme_partner_workflow_runs_as_written(tmp_path):
     assert '"calibration"' in calibrated[0].read_text()
     assert (tmp_path / "partners.parquet").stat().st_size > 0
     assert "checkpoint" in res.stdout
+
+
+# Synister's classifier made small: a 8 x 64 x 64 input, 2 feature maps, batches of 2, no elastic augmentation
+TRANSMITTER_SUBS = [
+    ("--set fc_size=256", '--set fc_size=16 "input_shape=8, 64, 64" fmaps=2 batch_size=2 elastic_augment=false', 1),
+    ("python train.py 300", "python train.py 3", 1),
+    ("-i 300", "-i 3", 1),
+]
+
+
+def test_readme_transmitter_workflow_runs_as_written(tmp_path):
+    block = substitute(readme_block("transmitter"), TRANSMITTER_SUBS)
+    run_block(tmp_path, block)
+
+    exp = tmp_path / "experiments" / "nt"
+    assert (exp / "01_data" / "transmitters.sqlite").stat().st_size > 0
+    assert list((exp / "02_train" / "setup_t0" / "checkpoints").glob("*3*"))
+    evaluation = exp / "03_predict" / "setup_t0_p0" / "evaluation"
+    assert list(evaluation.glob("*.json")) and list(evaluation.glob("*.png"))
