@@ -58,7 +58,7 @@ def _weighted_terms(cfg, model, batches, keys) -> np.ndarray:
 @pytest.mark.slow
 def test_template_defaults_balance_the_loss_terms_and_train_both(tmp_path, data):
     """With [Training] vector_scale 1 and d_loss_scale 0.01 the vector term was ~60x the indicator term at the
-    start (~34 vs ~0.6 here) and barely moved; the defaults now start both near 0.5 and lower both."""
+    start (34 vs 0.58 here) and barely moved; the defaults start them at 0.34 and 0.58 and lower both."""
     import dask
     import gunpowder as gp
     import keras

@@ -19,8 +19,9 @@ class Training:
 
     The loss defaults balance the two heads at the start of training: the vector head predicts in
     units of ``vector_scale`` = 100 nm, its initial loss is about the mean squared partner-vector
-    component (~5e3 nm^2 on synthetic data at 40 x 4 x 4 nm), and ``d_loss_scale`` = 1e-4 brings it
-    to ~0.5, the order of the initial indicator cross-entropy (~0.7).
+    component (3e3 to 5e3 nm^2 measured on ``synful synthetic`` data at 40 x 4 x 4 nm), and
+    ``d_loss_scale`` = 1e-4 brings it to 0.3 to 0.5, the order of the initial indicator
+    cross-entropy (0.6 to 0.7).
     """
 
     #: keys that moved or were renamed: old key -> where it is now (reading the old key is an error)
@@ -54,8 +55,8 @@ class Training:
                                       "vector targets; larger values make elastic augmentation slower", minimum=0)
     m_loss_type: str = key("sigmoid_ce", "indicator loss: sigmoid_ce or mse", choices=("sigmoid_ce", "mse"))
     m_loss_scale: float = key(1.0, "weight of the indicator loss", minimum=0)
-    d_loss_scale: float = key(1e-4, "weight of the partner-vector loss, an MSE in nm^2 (1e-4: ~0.5 at the start, "
-                                    "the order of the indicator loss)", minimum=0)
+    d_loss_scale: float = key(1e-4, "weight of the partner-vector loss, an MSE in nm^2 (1e-4: 0.3 to 0.5 at the "
+                                    "start, the order of the indicator loss)", minimum=0)
     balance_clip: tuple[float, float] = key((0.01, 0.99), "clip range (min, max) of the class-balance fraction",
                                                      minimum=0, maximum=1)
     reject_probability: float = key(0.95, "probability to reject a batch without synapses", minimum=0, maximum=1)
