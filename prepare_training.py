@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter] [--set KEY=VALUE ...]
-[-d BASE_DIR] [-c] [--yes]"""
+[-d BASE_DIR] [-c] [--yes]
+
+-c removes the training setup and its prediction setups (03_predict/setup_t<T>_p*), after listing them and
+asking once (--yes does not ask); result collections in a MongoDB store stay.
+"""
 
 import argparse
 import sys
 from pathlib import Path
 
 from synful.errors import SynfulError
-from synful.scaffold import create_train_setup, remove_train_setup, train_setup_dir, validate_setup
+from synful.scaffold import (create_train_setup, list_predict_setups, remove_train_setup, train_setup_dir,
+                             validate_setup)
 
 #: the train config file and its section that --set writes into, per kind
 SET_TARGET = {"partner": ("train_config.ini", "Training"),
@@ -26,8 +31,20 @@ def _overrides(kind: str, items) -> dict:
     return {file: {section: values}} if values else {}
 
 
+def confirm(targets, yes: bool) -> bool:
+    """True when ``targets`` may be removed: ``yes``, or the user answered y on a terminal (listing them first)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return False
+    print("\n".join(f"  {t}" for t in targets))
+    answer = input(f"remove {'this directory' if len(targets) == 1 else f'these {len(targets)} directories'} "
+                   f"and everything in them? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-e", "--experiment", required=True, help="experiment name")
     p.add_argument("-t", "--train-id", type=int, required=True, help="train setup id")
     p.add_argument("-d", "--base-dir", default=str(Path(__file__).resolve().parent / "experiments"),
@@ -37,18 +54,23 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="set keys of the new train config ([Training] or [TransmitterTraining]), "
                         "e.g. --set fc_size=256 'input_shape=16, 160, 160'")
-    p.add_argument("-c", "--clean", action="store_true", help="remove the setup (asks first)")
+    p.add_argument("-c", "--clean", action="store_true",
+                   help="remove the setup and its prediction setups (lists them and asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask before removing")
     args = p.parse_args(argv)
     try:
         if args.clean:
             target = train_setup_dir(args.base_dir, args.experiment, args.train_id)
-            if not args.yes:
-                answer = input(f"remove {target} and everything in it? [y/N] ") if sys.stdin.isatty() else ""
-                if answer.strip().lower() not in ("y", "yes"):
-                    print(f"error: not removing {target} (confirm, or pass --yes)", file=sys.stderr)
-                    return 1
-            print(f"removed {remove_train_setup(args.base_dir, args.experiment, args.train_id)}")
+            if not target.is_dir():
+                raise SynfulError(f"{target}: no such setup")
+            targets = list_predict_setups(args.base_dir, args.experiment, args.train_id) + [target]
+            if not confirm(targets, args.yes):
+                print(f"error: not removing {target}" + (f" and {len(targets) - 1} prediction setup(s)"
+                                                         if len(targets) > 1 else "")
+                      + " (confirm, or pass --yes)", file=sys.stderr)
+                return 1
+            for d in remove_train_setup(args.base_dir, args.experiment, args.train_id):
+                print(f"removed {d}")
             return 0
         target = create_train_setup(args.base_dir, args.experiment, args.train_id, kind=args.kind,
                                     overrides=_overrides(args.kind, args.set))

@@ -124,7 +124,7 @@ def predict_setup(base: Path, raw: str, *, mixed: bool, gpu: bool, batch_size: i
     (setup,) = create_predict_setups(base, "bench", 0, [1], overrides={
         "predict_config.ini": {"Prediction": {
             "raw_container": raw, "raw_dataset": "volumes/raw", "indicator_dtype": "uint8", "vectors_dtype": "int8",
-            "vectors_scale": 4.0, "mixed_precision": mixed, "batch_size": batch_size, "block_factor": block_factor}},
+            "vectors_int8_nm": 4.0, "mixed_precision": mixed, "batch_size": batch_size, "block_factor": block_factor}},
         "worker_config.ini": {"Worker": {"executor": "local", "num_block_workers": 0 if gpu else 1,
                                          "gpus": 1 if gpu else 0, "max_retries": 0}}})
     return setup

@@ -71,7 +71,7 @@ def _pipeline_rate(cfg, iterations: int, warmup: int, workdir: Path) -> dict:
     container = write_synthetic(workdir / "bench.zarr", shape, seed=0, synapse_density=8.0)
     manifest = workdir / "manifest.yaml"
     manifest.write_text(yaml.safe_dump({"samples": [{"name": "bench", "container": str(container)}]}))
-    cfg = dataclasses.replace(cfg, manifest=str(manifest), num_workers=0)
+    cfg = dataclasses.replace(cfg, manifest=str(manifest))  # training_pipeline: no cache workers by default
     pipeline, request, _, _ = training_pipeline(cfg, _training_samples(cfg))
     with dask.config.set(scheduler="synchronous"), gp.build(pipeline):
         for _ in range(warmup):

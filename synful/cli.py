@@ -284,7 +284,8 @@ def _run_map_skeletons(args) -> int:
 
 
 def _add_status(sub):
-    p = sub.add_parser("status", help="jobs of a setup directory: state, last checkpoint, log tail")
+    p = sub.add_parser("status", help="a setup directory's jobs and log tail; its last checkpoint "
+                                          "(training) or checkpoint and blocks done (prediction)")
     p.add_argument("setup_dir", help="training or prediction setup directory")
     p.add_argument("--tail", type=int, default=20, help="log lines to show (default 20)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")

@@ -71,11 +71,13 @@ DEMO_TRAINING = {
     # in-plane kernels at the two fine levels, 3D at the two coarse ones: +-6 sections of z context
     # (a pre site is up to ~7 sections from its post site) at a fraction of the cost of 3D everywhere
     "level_kernel_sizes": [(1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)],
-    "vector_scale": 100.0,
+    "vector_scale": 100.0,  # as the template's default
     # post sites of one polyadic synapse are often ~100-140 nm apart in touching neurons: larger blobs
     # merge into one component (perfect predictions with 100 nm blobs find 70% of the partners)
     "blob_radius": 40.0,
     "d_blob_radius": 100.0,
+    # a fifth of the template's 1e-4 (the vector term starts near 0.1, the indicator's near 0.7); the shipped
+    # model was trained with it
     "d_loss_scale": 0.00002,
     "learning_rate": 1e-3,
     "reject_probability": 0.9,
@@ -85,9 +87,10 @@ DEMO_TRAINING = {
     "image_every": 0,
     "log_every": 50,
     "cache_size": 8,
-    "num_workers": 2,
     "seed": 42,
 }
+#: [Worker] num_cache_workers of the demo's training setup (PreCache processes)
+DEMO_CACHE_WORKERS = 2
 DEMO_ITERATIONS = 20000
 
 DEMO_PREDICTION = {
@@ -205,7 +208,9 @@ def _train_setup(base: Path, *, train: bool, quick: bool, iterations: int) -> tu
     manifest = "../../01_data/manifest_quick.yaml" if quick else "../../01_data/manifest.yaml"
     if not setup.exists():
         values = dict(DEMO_TRAINING, manifest=manifest, iterations=iterations)
-        create_train_setup(base, EXPERIMENT, 0, overrides={"train_config.ini": {"Training": values}})
+        create_train_setup(base, EXPERIMENT, 0, overrides={"train_config.ini": {"Training": values},
+                                                           "worker_config.ini": {"Worker": {"num_cache_workers":
+                                                                                            DEMO_CACHE_WORKERS}}})
     if train:
         from .train import train as train_network
 

@@ -36,6 +36,8 @@ __all__ = [
     "predict_setup_dir",
     "create_train_setup",
     "remove_train_setup",
+    "list_predict_setups",
+    "remove_predict_setup",
     "create_predict_setups",
     "run_ids",
     "validate_setup",
@@ -189,9 +191,36 @@ def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: d
     return target
 
 
-def remove_train_setup(base_dir, experiment: str, train_id: int) -> Path:
-    """Remove ``02_train/setup_t<T>`` and everything in it; ScaffoldError when absent."""
+def remove_train_setup(base_dir, experiment: str, train_id: int) -> list[Path]:
+    """Remove ``02_train/setup_t<T>`` and its prediction setups ``03_predict/setup_t<T>_p*``; return what was removed.
+
+    The prediction setups go first (they predict with this setup's checkpoints and are useless
+    without them), the training setup last, so an interrupted removal can be repeated.  Result
+    collections in a MongoDB store are not touched (an SQLite store inside a run directory goes
+    with it).  ScaffoldError when the training setup is absent.
+    """
     target = train_setup_dir(base_dir, experiment, train_id)
+    if not target.is_dir():
+        raise ScaffoldError(f"{target}: no such setup")
+    removed = []
+    for p in list_predict_setups(base_dir, experiment, train_id):
+        shutil.rmtree(p)
+        removed.append(p)
+    shutil.rmtree(target)
+    return removed + [target]
+
+
+def list_predict_setups(base_dir, experiment: str, train_id: int) -> list[Path]:
+    """The prediction setups ``03_predict/setup_t<T>_p<P>`` of a training setup, by increasing P."""
+    pdir = Path(base_dir) / experiment / "03_predict"
+    found = [(int(m.group(1)), p) for p in (pdir.iterdir() if pdir.is_dir() else [])
+             if p.is_dir() and (m := re.fullmatch(rf"setup_t{int(train_id)}_p(\d+)", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def remove_predict_setup(base_dir, experiment: str, train_id: int, predict_id: int) -> Path:
+    """Remove ``03_predict/setup_t<T>_p<P>`` and everything in it (outputs, logs, an SQLite store); ScaffoldError when absent."""
+    target = predict_setup_dir(base_dir, experiment, train_id, predict_id)
     if not target.is_dir():
         raise ScaffoldError(f"{target}: no such setup")
     shutil.rmtree(target)
@@ -208,17 +237,14 @@ def _next_predict_id(base_dir, experiment: str, train_id: int) -> int:
 def _check_checkpoints(train_dir: Path, kind: str, iterations: list[int]) -> None:
     """ScaffoldError naming the first iteration without a checkpoint in ``train_dir`` and the ones there are."""
     if kind == "transmitter":
-        from .transmitters.train import CHECKPOINT_PATTERN as pattern
-        from .transmitters.train import checkpoint_path
+        from .transmitters.train import checkpoint_path, list_checkpoints
     else:
-        from .train import CHECKPOINT_PATTERN as pattern
-        from .train import checkpoint_path
-    from .io.files import numbered_files
+        from .train import checkpoint_path, list_checkpoints
 
     for it in iterations:
         path = checkpoint_path(train_dir, it)
         if not path.is_file():
-            have = [n for n, _ in numbered_files(path.parent, pattern)]
+            have = [n for n, _ in list_checkpoints(train_dir)]
             raise ScaffoldError(f"{path}: no checkpoint for iteration {it} (there: {have or 'none'}; train first, "
                                 f"or pass --allow-missing-checkpoints to scaffold ahead of training)")
 

@@ -7,9 +7,11 @@
     checkpoints/optimizer_<it>.npz       Adam state, for an exact resume
     checkpoints/resolved_train_config.ini, checkpoints/provenance.json
     log/                                 TensorBoard (losses, learning rate, iterations/s, GPU, images)
+    log/train.log                        the training log (what ``synful status`` tails for local training)
     snapshots/batch_<it>.zarr            raw, targets, weights, predictions
 
-A rerun resumes from the latest checkpoint; the last ``keep_checkpoints`` are kept.  The gunpowder
+A rerun resumes from the latest checkpoint; the last ``keep_checkpoints`` are kept.  Batches are
+loaded ahead by ``[Worker] num_cache_workers`` PreCache processes of the setup's worker_config.ini.  The gunpowder
 pipeline is built in :mod:`synful.train_data`; TensorBoard, GPU and provenance records in
 :mod:`synful.train_monitor`.
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, Training, read_train_config
+from .config import ConfigError, Training, Worker, read_train_config, read_worker_config
 from .errors import SynfulError
 from .io.files import atomic_write, numbered_files, numbered_path
 # the pipeline and the monitoring live in their own modules; their names stay importable from here
@@ -46,6 +48,7 @@ __all__ = [
     "optimizer_state_path",
     "list_checkpoints",
     "latest_checkpoint",
+    "cache_workers",
     "load_model_for_prediction",
     "compute_losses",
     "KerasTrainer",
@@ -54,9 +57,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# the loss lines every log_every iterations: to log/train.log only, the console has the progress bar
+progress_logger = logging.getLogger(__name__ + ".progress")
+progress_logger.propagate = False
+progress_logger.setLevel(logging.INFO)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "log"
+#: the text log of a training run in LOG_DIR (beside the TensorBoard events)
+LOG_FILE = "train.log"
 SNAPSHOT_DIR = "snapshots"
 #: checkpoint file names in CHECKPOINT_DIR, ``{}`` the iteration (see :func:`synful.io.files.numbered_files`)
 CHECKPOINT_PATTERN = "model_{}.weights.h5"
@@ -254,6 +263,20 @@ def _prune_checkpoints(setup_dir, keep: int):
 # the training loop
 # --------------------------------------------------------------------------------------
 
+def cache_workers(setup_dir) -> int:
+    """PreCache worker processes of a setup: ``[Worker] num_cache_workers`` of its worker_config.ini.
+
+    Its cluster profile applies as for jobs (a key at its built-in default takes the profile's
+    value); a setup without worker_config.ini gets the built-in default.
+    """
+    path = Path(setup_dir) / "worker_config.ini"
+    if not path.is_file():
+        return Worker().num_cache_workers
+    from .cluster.profiles import resolve_worker
+
+    return resolve_worker(read_worker_config(path))[0].num_cache_workers
+
+
 def train(setup_dir, iterations: int | None = None) -> int:
     """Train the setup in ``setup_dir`` until ``iterations`` (default: the config's); return the last iteration.
 
@@ -261,7 +284,7 @@ def train(setup_dir, iterations: int | None = None) -> int:
     already at or past ``iterations``.  Everything is validated before training starts: the config
     (ConfigError naming keys, e.g. an ``input_shape`` too small for ``downsample_factors``), the
     manifest and its samples.  Saves a checkpoint every ``checkpoint_every`` iterations, at the end
-    and on Ctrl-C, keeping the last ``keep_checkpoints``.
+    and on Ctrl-C, keeping the last ``keep_checkpoints``.  Appends its log to ``log/train.log``.
     """
     setup_dir = Path(setup_dir).resolve()
     cfg = read_train_config(setup_dir / "train_config.ini")
@@ -276,13 +299,45 @@ def train(setup_dir, iterations: int | None = None) -> int:
     if start >= target:
         logger.info("%s: checkpoint at iteration %d already reaches %d", setup_dir, start, target)
         return start
+    workers = cache_workers(setup_dir)
     samples = _training_samples(cfg)
-    trainer = _start_trainer(setup_dir, cfg, latest, target)
-    pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR,
-                                                            first=start)
-    _training_loop(setup_dir, cfg, trainer, (pipeline, request, keys, train_node), target)
-    logger.info("trained %s until iteration %d", setup_dir, trainer.iteration)
+    with _LogFile(setup_dir / LOG_DIR / LOG_FILE):
+        logger.info("training %s from iteration %d to %d (%d cache workers)", setup_dir, start, target, workers)
+        trainer = _start_trainer(setup_dir, cfg, latest, target)
+        pipeline, request, keys, train_node = training_pipeline(cfg, samples, trainer, setup_dir / SNAPSHOT_DIR,
+                                                                first=start, num_cache_workers=workers)
+        _training_loop(setup_dir, cfg, trainer, (pipeline, request, keys, train_node), target, workers)
+        logger.info("trained %s until iteration %d", setup_dir, trainer.iteration)
     return trainer.iteration
+
+
+class _LogFile:
+    """Context: the ``synful`` loggers also write (INFO and up) to ``path``, appending; a failed run logs its error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        self.logger = logging.getLogger("synful")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        progress_logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)  # the file gets INFO even when the console is quieter
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None:
+            self.logger.error("training stopped: %s: %s", exc_type.__name__, exc)
+        self.logger.removeHandler(self.handler)
+        progress_logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        self.handler.close()
+        return False
 
 
 def _start_trainer(setup_dir: Path, cfg: Training, latest, target: int) -> KerasTrainer:
@@ -306,8 +361,23 @@ def _save_checkpoint(trainer: KerasTrainer, setup_dir: Path, cfg: Training):
     _prune_checkpoints(setup_dir, cfg.keep_checkpoints)
 
 
-def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built, target: int):
-    """Request batches (each one training step) until ``target``, logging and checkpointing as ``cfg`` says."""
+def _loss_terms(cfg: Training, losses: dict) -> dict[str, str]:
+    """``{"loss", "m", "d"}``: the total and the weighted loss terms of the heads trained, formatted."""
+    terms = {"loss": losses["loss"]}
+    if "m_loss" in losses:
+        terms["m"] = cfg.m_loss_scale * losses["m_loss"]
+    if "d_loss" in losses:
+        terms["d"] = cfg.d_loss_scale * losses["d_loss"]
+    return {k: f"{v:.4g}" for k, v in terms.items()}
+
+
+def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built, target: int, workers: int):
+    """Request batches (each one training step) until ``target``, logging and checkpointing as ``cfg`` says.
+
+    The progress bar shows the weighted loss terms (``m``: ``m_loss_scale * m_loss``, ``d``:
+    ``d_loss_scale * d_loss``) beside their sum, so their balance is visible; every ``log_every``
+    iterations they go to TensorBoard and the log.
+    """
     import dask
     import gunpowder as gp
     import tensorflow as tf
@@ -327,12 +397,12 @@ def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built,
         try:
             while trainer.iteration < target:
                 # SeededPreCache seeds its workers' batches; without workers each iteration seeds its own
-                batch = pipeline.request_batch(request if cfg.num_workers > 0
+                batch = pipeline.request_batch(request if workers > 0
                                                else seeded_request(request, cfg.seed, trainer.iteration))
                 it = trainer.iteration
                 losses = train_node.last_losses
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4g}", refresh=False)
+                bar.set_postfix(_loss_terms(cfg, losses), refresh=False)
                 if not all(np.isfinite(v) for v in losses.values()):
                     raise TrainError(f"iteration {it}: non-finite loss {losses}; last checkpoint: iteration {saved}")
                 if it % cfg.log_every == 0:
@@ -340,7 +410,8 @@ def _training_loop(setup_dir: Path, cfg: Training, trainer: KerasTrainer, built,
                     rate = (it - last_it) / max(now - last_t, 1e-9)
                     last_t, last_it = now, it
                     _log_scalars(losses, trainer, rate, gpu, it)
-                    logger.debug("iteration %d: %s, %.3g it/s", it, losses, rate)
+                    progress_logger.info("iteration %d: %s, %.3g it/s", it,
+                                ", ".join(f"{k} {v}" for k, v in _loss_terms(cfg, losses).items()), rate)
                 if cfg.image_every and it % cfg.image_every == 0:
                     _image_summaries(batch, keys, it)
                 if it % cfg.checkpoint_every == 0:

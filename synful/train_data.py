@@ -84,7 +84,8 @@ class Keys:
         self.pred_vectors = gp.ArrayKey("PRED_PARTNER_VECTORS")
 
 
-def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, first: int = 0):
+def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, first: int = 0,
+                      num_cache_workers: int = 0):
     """The gunpowder pipeline and request of one training iteration: ``(pipeline, request, keys, train_node)``.
 
     ``samples``: ``(Sample, SampleArrays, partners)`` triples.  Per sample: raw (normalised to
@@ -92,8 +93,9 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, f
     location whose network output lies inside the sample ROI (its input may reach beyond);
     over all samples a random provider, the augmentations of ``cfg``, raw mapped to [-1, 1]
     (:data:`synful.models.RAW_SCALE` / ``RAW_SHIFT``), the indicator and vector targets, rejection
-    of batches without synapse (``reject_probability``), class balancing (``balance_clip``) and
-    :class:`synful.gp.SeededPreCache` (batch ``n`` drawn with seed ``batch_seed(cfg.seed, n)``,
+    of batches without synapse (``reject_probability``), class balancing (``balance_clip``) and, with
+    ``num_cache_workers`` > 0 (``[Worker] num_cache_workers``, see :func:`synful.train.cache_workers`),
+    :class:`synful.gp.SeededPreCache` with that many processes (batch ``n`` drawn with seed ``batch_seed(cfg.seed, n)``,
     counting from ``first``; without workers, the caller seeds each request with
     :func:`synful.gp.seeded_request`).  With a ``trainer`` a :class:`synful.gp.KerasTrain` node follows, and with a
     ``snapshot_dir`` an :class:`synful.gp.IterationSnapshot`.  Without a trainer the request holds
@@ -113,8 +115,8 @@ def training_pipeline(cfg: Training, samples, trainer=None, snapshot_dir=None, f
     pipeline = _sample_sources(samples, k, context) + gp.RandomProvider()
     pipeline = _augmentations(cfg, samples, k, pipeline)
     pipeline = _targets(cfg, k, context, pipeline)
-    if cfg.num_workers > 0:
-        pipeline += SeededPreCache(cfg.seed, first=first, cache_size=cfg.cache_size, num_workers=cfg.num_workers)
+    if num_cache_workers > 0:
+        pipeline += SeededPreCache(cfg.seed, first=first, cache_size=cfg.cache_size, num_workers=num_cache_workers)
 
     request = gp.BatchRequest()
     request.add(k.raw, input_size)

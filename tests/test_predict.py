@@ -233,7 +233,7 @@ def kill_holding_worker(pid_file: Path, killed: list, timeout: float = 240.0):
 
 @pytest.mark.slow
 def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkeypatch, tmp_path):
-    setup = predict_setup(experiment, {"indicator_dtype": "uint8", "vectors_dtype": "int8", "vectors_scale": 0.05,
+    setup = predict_setup(experiment, {"indicator_dtype": "uint8", "vectors_dtype": "int8", "vectors_int8_nm": 0.05,
                                        "padding": "mirror"},
                           {"num_block_workers": 1, "max_retries": 0})
     pid_file = hold_workers_after(4, monkeypatch, tmp_path)
@@ -274,7 +274,7 @@ def test_three_level_synful_network_blockwise_equals_single_pass_exactly(experim
                                                                         batch_size, padding, dtypes):
     """Output (4, 28, 28) voxels, total downsampling (3, 27, 27): tiles step by (3, 27, 27) and overlap."""
     setup = predict_setup(experiment3, {"indicator_dtype": dtypes[0], "vectors_dtype": dtypes[1],
-                                        "vectors_scale": 0.05, "block_factor": block_factor,
+                                        "vectors_int8_nm": 0.05, "block_factor": block_factor,
                                         "batch_size": batch_size, "padding": padding},
                           {"num_block_workers": workers, "max_retries": 0})
     plan = plan_prediction(setup)

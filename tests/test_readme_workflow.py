@@ -78,7 +78,7 @@ TINY_PARTNER_EDIT = textwrap.dedent("""\
     cfg.read(path)
     cfg["Training"].update({"input_shape": "12, 60, 60", "kernel_size": "1, 3, 3", "fmap_num": "2",
                             "fmap_inc_factor": "2", "downsample_factors": "[[1, 2, 2], [1, 2, 2]]",
-                            "num_workers": "2", "cache_size": "4"})
+                            "cache_size": "4"})
     with open(path, "w") as f:
         cfg.write(f)
 """)

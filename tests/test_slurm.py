@@ -212,7 +212,7 @@ def test_training_submitted_through_slurm_writes_checkpoints_and_resumes(slurm_c
     (base / "exp" / "01_data" / "manifest.yaml").write_text(yaml.safe_dump(
         {"samples": [{"name": "s", "container": "sample.zarr", "split": "train"}]}))
     training = {**TINY_UNET, "input_shape": (8, 36, 36), "checkpoint_every": 2, "snapshot_every": 0,
-                "image_every": 0, "log_every": 1, "cache_size": 2, "num_workers": 1, "elastic_augment": False,
+                "image_every": 0, "log_every": 1, "cache_size": 2, "elastic_augment": False,
                 "reject_probability": 0.0}
     setup = create_train_setup(base, "exp", 0, overrides={
         "train_config.ini": {"Training": training},

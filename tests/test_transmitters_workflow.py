@@ -80,14 +80,14 @@ def experiment(tmp_path_factory):
 def test_train_resume_predict_evaluate(experiment):
     base, setup, store_url = experiment
     assert cli_main(["transmitter", "train", str(setup), "--iterations", str(ITERATIONS)]) == 0
-    ckpts = sorted(p.name for p in (setup / "checkpoints").glob("model_checkpoint_*.keras"))
-    assert ckpts == ["model_checkpoint_200.keras", "model_checkpoint_400.keras"]
+    ckpts = sorted(p.name for p in (setup / "checkpoints").glob("model_*.keras"))
+    assert ckpts == ["model_200.keras", "model_400.keras"]
     assert list((setup / "log").glob("events.out.tfevents.*"))
     # resumes from the newest checkpoint: only the missing iterations run
     from synful.transmitters.train import train
 
     assert train(setup, ITERATIONS + 2)["iteration"] == ITERATIONS + 2
-    assert (setup / "checkpoints" / f"model_checkpoint_{ITERATIONS + 2}.keras").is_file()
+    assert (setup / "checkpoints" / f"model_{ITERATIONS + 2}.keras").is_file()
 
     r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", str(ITERATIONS), "-d", str(base))
     assert r.returncode == 0, r.stderr
@@ -137,14 +137,14 @@ def test_train_resume_predict_evaluate(experiment):
 def test_bad_configs(experiment):
     base, setup, _ = experiment
     r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "999", "-d", str(base))
-    assert r.returncode != 0 and "model_checkpoint_999.keras: no checkpoint for iteration 999" in r.stderr
+    assert r.returncode != 0 and "model_999.keras: no checkpoint for iteration 999" in r.stderr
     r = _run("prepare_prediction.py", "-e", "exp", "-t", "0", "-i", "999", "-d", str(base),
              "--allow-missing-checkpoints")
     assert r.returncode == 0, r.stderr
     pdir = Path(r.stdout.split("created ", 1)[1].strip())
     from synful.transmitters.predict import TransmitterPredictError, predict
 
-    with pytest.raises(TransmitterPredictError, match="no checkpoint .*model_checkpoint_999.keras"):
+    with pytest.raises(TransmitterPredictError, match="no checkpoint .*model_999.keras"):
         predict(pdir)
     bad = base / "bad_setup" / "02_train" / "setup_t0"
     bad.mkdir(parents=True)
@@ -266,7 +266,7 @@ def test_resume_with_another_checkpoint_is_refused(experiment):
     from synful.transmitters.predict import RUN_FILE, predict
 
     base, setup, store_url = experiment
-    if not (setup / "checkpoints" / f"model_checkpoint_{ITERATIONS + 2}.keras").is_file():
+    if not (setup / "checkpoints" / f"model_{ITERATIONS + 2}.keras").is_file():
         from synful.transmitters.train import train
 
         train(setup, ITERATIONS + 2)
@@ -285,7 +285,7 @@ def test_resume_with_another_checkpoint_is_refused(experiment):
     cfg = pdir / "transmitter_predict_config.ini"
     text = cfg.read_text()
     cfg.write_text(text.replace(f"iteration = {ITERATIONS}", f"iteration = {ITERATIONS + 2}"))
-    with pytest.raises(StoreError, match=r"another checkpoint or settings .*model_checkpoint_402\.keras.*--overwrite"):
+    with pytest.raises(StoreError, match=r"another checkpoint or settings .*model_402\.keras.*--overwrite"):
         predict(pdir)
     assert cli_main(["transmitter", "predict", str(pdir)]) == 2
     # the same checkpoint resumes: only the missing half is predicted

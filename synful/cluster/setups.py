@@ -65,6 +65,63 @@ def _tail(path: Path, n: int) -> list[str]:
         return []
 
 
+#: text logs under ``log/``: training's ``train.log``, the worker logs of the blockwise stages
+_LOG_SUFFIXES = (".log", ".out", ".err")
+
+
+def _newest_log(setup_dir: Path) -> Optional[Path]:
+    """The most recently written text log under ``SETUP_DIR/log/`` (TensorBoard event files are not logs)."""
+    logs = [p for p in (setup_dir / "log").rglob("*") if p.suffix in _LOG_SUFFIXES and p.is_file()] \
+        if (setup_dir / "log").is_dir() else []
+    return max(logs, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _prediction_status(setup_dir: Path) -> dict:
+    """What a prediction setup has: the checkpoint it predicts with and the blocks of predict and extract.
+
+    ``{"checkpoint": {"iteration", "path", "exists"} or None, "predict": {"done", "total", "complete"} or
+    None, "extract": {...} or None}``; a stage is None until its first run finished (its record is written
+    at the end of a run; while one runs, the log tail shows its progress).
+    """
+    from ..config import ConfigError, read_predict_config
+
+    out: dict = {"checkpoint": None, "predict": None, "extract": None}
+    try:
+        cfg = read_predict_config(setup_dir / "predict_config.ini").prediction
+    except ConfigError as e:
+        out["error"] = str(e)
+        return out
+    from ..train import checkpoint_path
+
+    path = checkpoint_path(cfg.train_setup, cfg.iteration)
+    out["checkpoint"] = {"iteration": cfg.iteration, "path": str(path), "exists": path.is_file()}
+    for meta_path in sorted(Path(cfg.out_container).parent.glob("*_prediction.json")):
+        try:
+            b = json.loads(meta_path.read_text())["blocks"]
+            out["predict"] = {"done": int(b["processed"]) + int(b["skipped"]), "total": int(b["total"]),
+                              "complete": int(b["processed"]) + int(b["skipped"]) == int(b["total"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    from ..extract.common import SUMMARY_FILE
+
+    try:
+        s = json.loads((setup_dir / SUMMARY_FILE).read_text())
+        total = int(s["blocks_total"])
+        # the summary keeps failures, not completions: the rest of the blocks are done
+        out["extract"] = {"done": total if s["complete"] else total - int(s["blocks_failed"]), "total": total,
+                          "complete": bool(s["complete"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
 def _record_dirs(setup_dir: Path) -> list[Path]:
     """Where a setup's job records live: ``jobs/`` (training) and ``log/<stage>/`` (blockwise workers)."""
     dirs = [_jobs_dir(setup_dir)]
@@ -89,11 +146,14 @@ def _blockwise_runs(setup_dir: Path) -> list[dict]:
 def status(setup_dir, *, tail: int = 20) -> dict:
     """What runs or ran for a setup directory.
 
-    Returns ``{"dir", "jobs": [record + "state"] (oldest first), "last_checkpoint": {"iteration",
-    "path"} or None, "runs": [{"file", "complete", "blocks"}] of blockwise stages, "log_tail":
-    {"stdout": [...], "stderr": [...]} of the newest job}``.  Jobs are those :func:`launch`
-    recorded in ``SETUP_DIR/jobs/`` and ``SETUP_DIR/log/<stage>/``.  Raises :class:`ClusterError`
-    for a missing directory.
+    Returns ``{"dir", "kind": "train" / "predict" / None, "jobs": [record + "state"] (oldest first),
+    "last_checkpoint": {"iteration", "path"} or None (training setups), "prediction": see
+    :func:`_prediction_status` (prediction setups), "runs": [{"file", "complete", "blocks"}] of
+    blockwise stages, "log_tail": {"stdout": [...], "stderr": [...]} of the newest job, "log":
+    {"path", "lines"} of the newest text log under ``log/`` when it is newer than that job's
+    output (local training writes ``log/train.log``) or there is no job, else None}``.  Jobs are
+    those :func:`launch` recorded in ``SETUP_DIR/jobs/`` and ``SETUP_DIR/log/<stage>/``.  Raises
+    :class:`ClusterError` for a missing directory.
     """
     setup_dir = Path(setup_dir).resolve()
     if not setup_dir.is_dir():
@@ -101,12 +161,20 @@ def status(setup_dir, *, tail: int = 20) -> dict:
     records = [r for d in _record_dirs(setup_dir) for r in read_job_records(d)]
     records.sort(key=lambda r: r.get("submitted", ""))
     jobs = [{**r, "state": job_state(r["job_id"])} for r in records]
-    last = _last_checkpoint(setup_dir) if (setup_dir / "train_config.ini").is_file() else None
+    is_train = (setup_dir / "train_config.ini").is_file()
+    is_predict = (setup_dir / "predict_config.ini").is_file()
+    last = _last_checkpoint(setup_dir) if is_train else None
     newest = jobs[-1] if jobs else None
+    log = _newest_log(setup_dir)
+    if log is not None and newest is not None and _mtime(log) <= _mtime(Path(newest["stdout"])):
+        log = None  # the newest job's output is the newer news
     return {
         "dir": str(setup_dir),
+        "kind": "train" if is_train else "predict" if is_predict else None,
         "jobs": jobs,
         "last_checkpoint": None if last is None else {"iteration": last[0], "path": str(last[1])},
+        "prediction": _prediction_status(setup_dir) if is_predict else None,
+        "log": None if log is None else {"path": str(log), "lines": _tail(log, tail)},
         "runs": _blockwise_runs(setup_dir),
         "log_tail": {} if newest is None else {"stdout": _tail(Path(newest["stdout"]), tail),
                                                "stderr": _tail(Path(newest["stderr"]), tail)},
@@ -116,8 +184,20 @@ def status(setup_dir, *, tail: int = 20) -> dict:
 def format_status(st: dict) -> str:
     """Human-readable text of a :func:`status` dict."""
     lines = [f"setup: {st['dir']}"]
-    lc = st["last_checkpoint"]
-    lines.append("last checkpoint: " + ("none" if lc is None else f"iteration {lc['iteration']} ({lc['path']})"))
+    lc, pred = st["last_checkpoint"], st.get("prediction")
+    if pred is not None:
+        ck = pred.get("checkpoint")
+        if pred.get("error"):
+            lines.append(f"config: {pred['error']}")
+        if ck is not None:
+            lines.append(f"checkpoint: iteration {ck['iteration']} ({ck['path']}"
+                         + ("" if ck["exists"] else ", MISSING") + ")")
+        for stage in ("predict", "extract"):
+            b = pred.get(stage)
+            lines.append(f"{stage}: " + ("not run yet" if b is None else f"{b['done']}/{b['total']} blocks done"
+                                          + ("" if b["complete"] else " (INCOMPLETE: rerun to resume)")))
+    elif st.get("kind") != "predict":
+        lines.append("last checkpoint: " + ("none" if lc is None else f"iteration {lc['iteration']} ({lc['path']})"))
     for r in st.get("runs", []):
         b = r["blocks"]
         lines.append(f"run {r['file']}: {'complete' if r['complete'] else 'INCOMPLETE'}"
@@ -131,5 +211,8 @@ def format_status(st: dict) -> str:
         if st["log_tail"].get(stream):
             lines.append(f"--- {stream} of the newest job (last {len(st['log_tail'][stream])} lines) ---")
             lines += st["log_tail"][stream]
+    if st.get("log") and st["log"]["lines"]:
+        lines.append(f"--- {st['log']['path']} (last {len(st['log']['lines'])} lines) ---")
+        lines += st["log"]["lines"]
     return "\n".join(lines)
 

@@ -281,11 +281,15 @@ def section_values(cls, items: dict, prefix: str, base_dir: Path | None, dialect
     """Checked values of the keys of section dataclass ``cls`` given in ``items`` ({key: raw value}).
 
     ``prefix`` starts every message (``FILE [Section]`` for ini, ``FILE`` for JSON).  Refuses unknown
-    keys, keys in ``required`` (in that order) or without default that are absent, and values of the
+    keys (a key in ``cls.MOVED`` with a message naming its replacement), keys in ``required`` (in that order) or without default that are absent, and values of the
     wrong type or range.  Relative ``path`` keys resolve against ``base_dir`` (None: kept as written).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(items) - set(fields))
+    moved = getattr(cls, "MOVED", {})  # old keys name their replacement instead of being silently accepted
+    for name in unknown:
+        if name in moved:
+            raise ConfigError(f"{prefix} {name}: no longer read, use {moved[name]} instead (got {dialect.show(items[name])})")
     if unknown:
         raise ConfigError(f"{prefix} {unknown[0]}: unknown key (known keys: {', '.join(fields)})")
     for name in (*required, *fields):

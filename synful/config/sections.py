@@ -8,14 +8,24 @@ the folder of the file that holds them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from .keys import Int3, key
 
 
 @dataclass(frozen=True, kw_only=True)
 class Training:
-    """[Training] of train_config.ini: network, targets, losses and the training loop."""
+    """[Training] of train_config.ini: network, targets, losses and the training loop.
+
+    The loss defaults balance the two heads at the start of training: the vector head predicts in
+    units of ``vector_scale`` = 100 nm, its initial loss is about the mean squared partner-vector
+    component (3e3 to 5e3 nm^2 measured on ``synful synthetic`` data at 40 x 4 x 4 nm), and
+    ``d_loss_scale`` = 1e-4 brings it to 0.3 to 0.5, the order of the initial indicator
+    cross-entropy (0.6 to 0.7).
+    """
+
+    #: keys that moved or were renamed: old key -> where it is now (reading the old key is an error)
+    MOVED: ClassVar[dict] = {"num_workers": "[Worker] num_cache_workers of worker_config.ini"}
 
     manifest: str = key("../../01_data/manifest.yaml", "dataset manifest (YAML) listing the training samples", path=True)
     voxel_size: Int3 = key((40, 4, 4), "voxel size of the training data, nm (z, y, x)", minimum=1)
@@ -36,8 +46,8 @@ class Training:
     num_convs: int = key(2, "convolutions per U-Net level and side", minimum=1)
     upsampling: str = key("transposed_conv", "upsampling mode: transposed_conv or nearest",
                           choices=("transposed_conv", "nearest"))
-    vector_scale: float = key(1.0, "partner_vectors head output = 1x1x1 convolution x this (nm); e.g. 100 lets "
-                                   "small weights reach typical partner distances", minimum=0)
+    vector_scale: float = key(100.0, "nm per unit of the partner_vectors head (its 1x1x1 convolution times this): "
+                                     "100 lets small weights reach typical partner distances", minimum=0)
     blob_radius: float = key(100.0, "radius of the post-synaptic indicator blob, nm", minimum=0)
     d_blob_radius: float = key(100.0, "radius around a post site in which partner vectors are trained, nm", minimum=0)
     max_partner_distance: float = key(0.0, "pre sites are read this far (nm) around the network output, at least "
@@ -45,7 +55,8 @@ class Training:
                                       "vector targets; larger values make elastic augmentation slower", minimum=0)
     m_loss_type: str = key("sigmoid_ce", "indicator loss: sigmoid_ce or mse", choices=("sigmoid_ce", "mse"))
     m_loss_scale: float = key(1.0, "weight of the indicator loss", minimum=0)
-    d_loss_scale: float = key(0.01, "weight of the partner-vector loss (vectors are in nm)", minimum=0)
+    d_loss_scale: float = key(1e-4, "weight of the partner-vector loss, an MSE in nm^2 (1e-4: 0.3 to 0.5 at the "
+                                    "start, the order of the indicator loss)", minimum=0)
     balance_clip: tuple[float, float] = key((0.01, 0.99), "clip range (min, max) of the class-balance fraction",
                                                      minimum=0, maximum=1)
     reject_probability: float = key(0.95, "probability to reject a batch without synapses", minimum=0, maximum=1)
@@ -67,13 +78,15 @@ class Training:
     log_every: int = key(10, "write TensorBoard scalars every N iterations", minimum=1)
     image_every: int = key(1000, "write TensorBoard image summaries every N iterations (0: never)", minimum=0)
     cache_size: int = key(40, "batches held by PreCache", minimum=1)
-    num_workers: int = key(5, "PreCache worker processes (0: load batches in the training process)", minimum=0)
     seed: int = key(42, "random seed", minimum=0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Prediction:
     """[Prediction] of predict_config.ini: blockwise network inference."""
+
+    #: renamed keys: old key -> new key (reading the old key is an error)
+    MOVED: ClassVar[dict] = {"vectors_scale": "vectors_int8_nm"}
 
     train_setup: str = key("../../02_train/setup_t0", "training setup directory holding the checkpoints", path=True)
     iteration: int = key(doc="checkpoint iteration to predict with", minimum=1)
@@ -94,9 +107,9 @@ class Prediction:
     vectors_dataset: str = key("volumes/pred_partner_vectors", "output dataset of the partner vectors")
     indicator_dtype: str = key("uint8", "indicator storage: uint8 (probability x 255), float16 or float32",
                                choices=("uint8", "float16", "float32"))
-    vectors_dtype: str = key("float16", "vector storage: int8 (nm / vectors_scale), float16 or float32",
+    vectors_dtype: str = key("float16", "vector storage: int8 (nm / vectors_int8_nm), float16 or float32",
                              choices=("int8", "float16", "float32"))
-    vectors_scale: float = key(4.0, "nm per int8 unit when vectors_dtype = int8", minimum=0)
+    vectors_int8_nm: float = key(4.0, "nm per stored int8 unit when vectors_dtype = int8", minimum=0)
     batch_size: int = key(1, "network inputs (tiles of a block) per network call", minimum=1)
     mixed_precision: bool = key(False, "predict with mixed_float16 (GPU only)")
     block_timeout: float = key(3600.0, "seconds one block may take before its worker is killed and the block retried",
@@ -231,7 +244,8 @@ class Worker:
     time_limit: str = key("48:00:00", "wall-clock limit per job (HH:MM:SS or minutes)")
     num_block_workers: int = key(0, "blockwise workers; 0: local: one per GPU (NVML), or one per 2 CPUs without GPUs; "
                                  "slurm: 1", minimum=0)
-    num_cache_workers: int = key(5, "data-loading processes per training job", minimum=0)
+    num_cache_workers: int = key(5, "PreCache worker processes of a training job, loading batches ahead (0: load "
+                                    "them in the training process)", minimum=0)
     max_retries: int = key(2, "times a failed block is retried and a failed worker replaced", minimum=0)
     account: Optional[str] = key(None, "Slurm account")
     sbatch_extra: list[str] = key([], "extra sbatch options in long form, e.g. --qos=high, --exclusive")

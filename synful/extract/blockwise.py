@@ -165,8 +165,8 @@ def extract(predict_dir, overwrite: bool = False, *, num_workers: int | None = N
                               f"{state.total_block_count} blocks ({summary['blocks_failed']} failed"
                               + (f"; last error: {err[-1]}" if err else "")
                               + f"); see {predict_dir / 'log' / 'extract'}; rerun to retry the missing blocks")
-    logger.info("extracted %d partners (%d blocks, %d skipped as done)", summary["partners"],
-                summary["blocks_total"], summary["blocks_skipped"])
+    logger.info("%d partners (%d blocks: %d extracted, %d already done)", summary["partners"], summary["blocks_total"],
+                summary["blocks_total"] - summary["blocks_skipped"], summary["blocks_skipped"])
     return summary
 
 

@@ -4,7 +4,7 @@
   so a reader sees the old or the new file (or directory), never half of one;
 - :func:`write_text`, :func:`write_json`: the same for text and JSON;
 - :func:`numbered_path`, :func:`numbered_files`: files named by a number (``model_<it>.weights.h5``,
-  ``model_checkpoint_<it>.keras``): the name of number ``n`` and all such files in a directory;
+  ``model_<it>.keras``): the name of number ``n`` and all such files in a directory;
 - :func:`git_commit`: the git commit of the synful source tree, for provenance records.
 """
 

@@ -53,7 +53,7 @@ Output contract (read by extraction): zarr datasets made by
 - indicator ``(z, y, x)``: stored value x ``attrs["scale"]`` = probability (sigmoid of the logits);
   uint8 has scale 1/255, float16/float32 scale 1.
 - vectors ``(3, z, y, x)`` (channels first; channel order z, y, x): stored value x
-  ``attrs["scale"]`` = nm; int8 has scale ``vectors_scale`` (clipped to [-127, 127]), floats 1.
+  ``attrs["scale"]`` = nm; int8 has scale ``vectors_int8_nm`` (clipped to [-127, 127]), floats 1.
 """
 
 from .arrays import encode_indicator, encode_vectors, read_padded

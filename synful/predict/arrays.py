@@ -66,7 +66,7 @@ def encode_vectors(vectors: np.ndarray, dtype: str, scale: float) -> tuple[np.nd
     """
     if dtype == "int8":
         if not scale > 0:
-            raise ConfigError(f"vectors_scale: must be > 0 for int8 vectors, got {scale}")
+            raise ConfigError(f"vectors_int8_nm: must be > 0 for int8 vectors, got {scale}")
         return np.clip(np.rint(vectors / scale), -127, 127).astype(np.int8), float(scale)
     if dtype in ("float16", "float32"):
         return vectors.astype(dtype), 1.0
@@ -80,7 +80,7 @@ def indicator_scale(p: Prediction) -> float:
 
 def vectors_scale(p: Prediction) -> float:
     """Stored vector value x this = nm."""
-    return float(p.vectors_scale) if p.vectors_dtype == "int8" else 1.0
+    return float(p.vectors_int8_nm) if p.vectors_dtype == "int8" else 1.0
 
 
 def prepare_outputs(plan: PredictionPlan, overwrite: bool = False) -> dict:

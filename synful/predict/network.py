@@ -143,7 +143,7 @@ class BlockPredictor:
             data, _ = encode_indicator(result[HEAD_INDICATOR][sl], p.indicator_dtype)
             self.outputs[HEAD_INDICATOR][roi] = data
         if HEAD_VECTORS in result:
-            data, _ = encode_vectors(result[HEAD_VECTORS][(slice(None),) + sl], p.vectors_dtype, p.vectors_scale)
+            data, _ = encode_vectors(result[HEAD_VECTORS][(slice(None),) + sl], p.vectors_dtype, p.vectors_int8_nm)
             self.outputs[HEAD_VECTORS][roi] = data
 
     def process(self, block):

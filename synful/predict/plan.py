@@ -167,7 +167,7 @@ class PredictionPlan:
             "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
             "block_write": list(self.block_write), "block_read": list(self.block_read),
             "padding": p.padding, "out": _portable(p.out_container, root),
-            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
+            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_int8_nm],
             "mixed_precision": p.mixed_precision, "training": _portable(to_dict(self.training), root),
         }
         if self.tissue_mask is not None:  # only then, so runs without a mask keep their signature
@@ -183,7 +183,7 @@ class PredictionPlan:
             "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
             "block_write": list(self.block_write), "block_read": list(self.block_read),
             "padding": p.padding, "out": p.out_container,
-            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_scale],
+            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_int8_nm],
             "mixed_precision": p.mixed_precision, "training": to_dict(self.training),
         }
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -47,7 +47,9 @@ __all__ = [
 
 TRAIN_CONFIG = "transmitter_train_config.ini"
 #: checkpoint file names in checkpoints/, ``{}`` the iteration (see :func:`synful.io.files.numbered_files`)
-CHECKPOINT_PATTERN = "model_checkpoint_{}.keras"
+CHECKPOINT_PATTERN = "model_{}.keras"
+#: the earlier name of the checkpoints, still found (resume, prediction, pruning) so existing setups keep working
+OLD_CHECKPOINT_PATTERN = "model_checkpoint_{}.keras"
 
 
 class TransmitterTrainError(SynfulError):
@@ -55,13 +57,23 @@ class TransmitterTrainError(SynfulError):
 
 
 def checkpoint_path(setup_dir, iteration: int) -> Path:
-    """``<setup>/checkpoints/model_checkpoint_<iteration>.keras``."""
-    return numbered_path(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN, iteration)
+    """``<setup>/checkpoints/model_<iteration>.keras``, or ``model_checkpoint_<iteration>.keras`` when only that exists."""
+    path = numbered_path(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN, iteration)
+    old = numbered_path(Path(setup_dir) / "checkpoints", OLD_CHECKPOINT_PATTERN, iteration)
+    return old if old.is_file() and not path.is_file() else path
+
+
+def list_checkpoints(setup_dir) -> list[tuple[int, Path]]:
+    """All ``(iteration, path)`` in ``<setup>/checkpoints`` by increasing iteration, old names included."""
+    d = Path(setup_dir) / "checkpoints"
+    found = dict(numbered_files(d, OLD_CHECKPOINT_PATTERN))
+    found.update(numbered_files(d, CHECKPOINT_PATTERN))  # the current name wins for an iteration saved under both
+    return sorted(found.items())
 
 
 def latest_checkpoint(setup_dir) -> tuple[int, Path] | None:
     """``(iteration, path)`` of the newest checkpoint in ``<setup>/checkpoints``, or None."""
-    found = numbered_files(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN)
+    found = list_checkpoints(setup_dir)
     return found[-1] if found else None
 
 
@@ -187,7 +199,7 @@ def _compile(model, cfg):
 def _prune(setup_dir, keep: int):
     if keep <= 0:
         return
-    for _, path in numbered_files(Path(setup_dir) / "checkpoints", CHECKPOINT_PATTERN)[:-keep]:
+    for _, path in list_checkpoints(setup_dir)[:-keep]:
         path.unlink(missing_ok=True)
 
 
