@@ -286,14 +286,15 @@ def train(setup_dir, iterations: int | None = None) -> int:
     manifest and its samples.  Saves a checkpoint every ``checkpoint_every`` iterations, at the end
     and on Ctrl-C, keeping the last ``keep_checkpoints``.  Appends its log to ``log/train.log``.
     """
-    setup_dir = Path(setup_dir).resolve()
-    cfg = read_train_config(setup_dir / "train_config.ini")
-    target = cfg.iterations if iterations is None else int(iterations)
-    if target < 1:
-        raise ConfigError(f"iterations: must be >= 1, got {target}")
-    from .models import output_shape
+    from .preflight import check_training_setup
 
-    output_shape(cfg)  # impossible shapes fail here, before any data is read
+    setup_dir = Path(setup_dir).resolve()
+    target = None if iterations is None else int(iterations)
+    if target is not None and target < 1:
+        raise ConfigError(f"iterations: must be >= 1, got {target}")
+    # the checks `synful validate` runs: config, output shape (naming the file), manifest and samples
+    cfg = check_training_setup(setup_dir)
+    target = cfg.iterations if target is None else target
     latest = latest_checkpoint(setup_dir)
     start = latest[0] if latest else 0
     if start >= target:

@@ -81,7 +81,8 @@ def predict(predict_dir, overwrite: bool = False, *, progress: bool = True, in_p
         reason = error or f"{total - completed} of {total} blocks not done"
         raise PredictionError(f"prediction of {plan.predict_dir} did not finish: {reason}\n"
                               f"worker logs: {plan.log_dir}; rerun `synful predict {plan.predict_dir}` to resume")
-    logger.info("predict %s: %d blocks done (%d skipped) in %.1f s, %.0f voxels/s", plan.name, total, skipped, wall,
+    logger.info("predict %s: %d blocks: %d predicted, %d already done in %.1f s, %.0f voxels/s", plan.name, total,
+                meta["blocks"]["processed"], skipped, wall,
                 meta["voxels_per_second"] or 0.0)
     return meta
 

@@ -260,7 +260,7 @@ def import_collections(store: DocumentStore, database: str, *, synapses=None, sk
     if not overwrite:
         for name in given:
             if store.exists(database, name):
-                raise StoreError(f"{store.url} {database}.{name}: collection exists (import with overwrite to replace it)")
+                raise StoreError(f"{store.url} {database}.{name}: collection exists (pass --overwrite to replace it)")
     written = []
     try:
         with store.transaction():
