@@ -19,7 +19,6 @@ every problem it can find, one line each, checking what does not depend on an ea
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -76,13 +75,13 @@ def check_writable(path, what: str, error: type[SynfulError] = SynfulError) -> N
     probe_dir = path if path.is_dir() else path.parent
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".synful-write-check-", dir=probe_dir)
-    except OSError as e:
+    # access(2), not a probe file: checking must not touch the folder (a finished run's mtimes stay), and
+    # it reports a read-only file system even to root
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(probe_dir).f_flag & os.ST_RDONLY)
+        reason = "Read-only file system" if read_only else "Permission denied"
         where = "" if probe_dir == path else f" (in {probe_dir})"
-        raise error(f"{path}: cannot write the {what}: {e.strerror or e}{where}") from None
-    os.close(fd)
-    os.unlink(tmp)
+        raise error(f"{path}: cannot write the {what}: {reason}{where}")
 
 
 def check_training_setup(setup_dir, problems: Problems | None = None):
