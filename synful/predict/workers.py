@@ -72,7 +72,7 @@ def pipeline_clients(daisy, depth: int = PIPELINE_DEPTH) -> list:
     return clients
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: held.remove() must remove this very block
 class _Held:
     """A block this worker holds: its client, daisy's open ``acquire_block`` context, and where the block is."""
 
