@@ -91,16 +91,17 @@ def encode_heads(outputs: dict, *, sigmoid: bool, indicator_dtype: str, vectors_
         else:
             raise ConfigError(f"indicator_dtype: expected uint8, float16 or float32, got {indicator_dtype!r}")
     if HEAD_VECTORS in outputs:
-        vectors = tf.transpose(tf.cast(outputs[HEAD_VECTORS], tf.float32), (0, 4, 1, 2, 3))
+        vectors = tf.cast(outputs[HEAD_VECTORS], tf.float32)
         if vectors_dtype == "int8":
             if isinstance(vectors_scale, (int, float)) and not vectors_scale > 0:
                 raise ConfigError(f"vectors_scale: must be > 0 for int8 vectors, got {vectors_scale}")
             scaled = tf.round(vectors / tf.cast(vectors_scale, tf.float32))
-            out[HEAD_VECTORS] = tf.cast(tf.clip_by_value(scaled, -127.0, 127.0), tf.int8)
+            stored = tf.cast(tf.clip_by_value(scaled, -127.0, 127.0), tf.int8)
         elif vectors_dtype in ("float16", "float32"):
-            out[HEAD_VECTORS] = tf.cast(vectors, vectors_dtype)
+            stored = tf.cast(vectors, vectors_dtype)
         else:
             raise ConfigError(f"vectors_dtype: expected int8, float16 or float32, got {vectors_dtype!r}")
+        out[HEAD_VECTORS] = tf.transpose(stored, (0, 4, 1, 2, 3))  # channels first, on the smallest dtype
     return out
 
 
@@ -148,7 +149,8 @@ class BlockPredictor:
 
     :meth:`process` runs the three in turn (daisy's in-process mode).  ``model``: a Keras model with
     the trained network's input and output shapes (default: :func:`load_model`); ``jit_compile``
-    compiles the function with XLA.
+    compiles the function with XLA (for GPUs; XLA may fuse operations differently, so its stored values are
+    not guaranteed to equal the default path's bit for bit).
     """
 
     def __init__(self, plan: PredictionPlan, model=None, *, jit_compile: bool = False):
