@@ -142,7 +142,8 @@ class _TimedWorker:
         configure_tensorflow(plan)
         predictor = BlockPredictor(plan, trivial_model(plan) if self.trivial else None)
         x = np.zeros((predictor.batch_size, *plan.input_shape, 1), np.uint8)
-        predictor._run(x, predictor._divisors)  # trace and warm up outside the timing
+        for _ in range(2):  # trace and warm up outside the timing, as model_only does
+            predictor._run(x, predictor._divisors)
         t0 = time.perf_counter()
         if self.pipelined:
             done = serve_pipelined(pipeline_clients(daisy), lambda: predictor)
