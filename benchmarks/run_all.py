@@ -71,6 +71,7 @@ STAGES = (
     Stage("training_xla", "bench_train.py", "training step with XLA (slow on CPU)",
           always=("--xla", "--no-pipeline"), kind="training", result="bench_train_xla.json"),
     Stage("prediction", "bench_predict.py", "blockwise prediction voxels/s, reference U-Net"),
+    Stage("datapath", "bench_datapath.py", "prediction data path (network-free) vs model only vs end to end"),
     Stage("extraction", "bench_extract.py", "partner extraction vs the per-region baseline"),
     Stage("store", "bench_store.py", "result-store inserts/s per backend"),
     Stage("evaluation", "bench_evaluate.py", "FAFB-protocol evaluation time"),

@@ -81,15 +81,18 @@ def experiment3(tmp_path_factory):
     return make_experiment(tmp_path_factory.mktemp("experiments3"), "exp3", TRAINING3, RAW3_SHAPE, weight_std=0.3)
 
 
-def single_pass(experiment, padding: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indicator probabilities (z, y, x) and vectors (3, z, y, x) of one network pass over the whole volume.
+def single_pass(experiment, padding: str, indicator_dtype: str = "float32", vectors_dtype: str = "float32",
+                vectors_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Stored indicator (z, y, x) and vectors (3, z, y, x) of one network pass over the whole volume.
 
     The input begins at the volume minus the context (as the blockwise run's phase grid does) and has
-    the smallest size the network takes that covers the volume plus its context; the output is cropped
-    to the volume.
+    the smallest size the network takes that covers the volume plus its context; the output is encoded
+    by the workers' own :func:`synful.predict.network.encode_heads` (float32: probabilities and nm) and
+    cropped to the volume.
     """
     from synful.config import ConfigError
     from synful.models import build_unet, normalize_raw, output_shape
+    from synful.predict.network import encode_heads
 
     cfg, raw = experiment["cfg"], experiment["raw"]
     input_shape = tuple(cfg.input_shape)
@@ -110,11 +113,10 @@ def single_pass(experiment, padding: str) -> tuple[np.ndarray, np.ndarray]:
     model.load_weights(str(experiment["ckpt"]))
     pad = [(c, b - s - c) for c, b, s in zip(context, big, raw.shape)]
     raw = np.pad(raw, pad, mode="constant" if padding == "zero" else "reflect")
-    out = model(normalize_raw(raw)[None, ..., None], training=False)
+    out = encode_heads(model(normalize_raw(raw)[None, ..., None], training=False), sigmoid=True,
+                       indicator_dtype=indicator_dtype, vectors_dtype=vectors_dtype, vectors_scale=vectors_scale)
     crop = tuple(slice(0, s) for s in experiment["raw"].shape)
-    prob = 1.0 / (1.0 + np.exp(-np.asarray(out["syn_indicator"])[0, ..., 0][crop]))
-    vectors = np.moveaxis(np.asarray(out["partner_vectors"])[0], -1, 0)[(slice(None),) + crop]
-    return prob, vectors
+    return np.asarray(out["syn_indicator"])[0][crop], np.asarray(out["partner_vectors"])[0][(slice(None),) + crop]
 
 
 def predict_setup(experiment, prediction: dict, worker: dict):
@@ -188,19 +190,21 @@ _after = int(os.environ.get("SYNFUL_TEST_HOLD_AFTER_BLOCKS", "0") or 0)
 if _after and b"predict-worker" in open("/proc/self/cmdline", "rb").read():
     import synful.predict
 
-    _process, _done = synful.predict.BlockPredictor.process, []
+    _read, _reads = synful.predict.BlockPredictor.read_block, []
 
-    def _hold_then_process(self, block):
-        if len(_done) >= _after:
+    # the reader thread reads block N+1 while block N is in the network and its write: the worker holds
+    # block N+1 unread (and reports the N blocks before it done) until it is killed
+    def _hold_then_read(self, read_roi, write_roi):
+        if len(_reads) >= _after:
             path = os.environ["SYNFUL_TEST_HOLD_FILE"]
             with open(path + ".tmp", "w") as f:
                 f.write(str(os.getpid()))
             os.replace(path + ".tmp", path)
             time.sleep(300)  # the test kills this process long before
-        _process(self, block)
-        _done.append(block)
+        _reads.append(read_roi)
+        return _read(self, read_roi, write_roi)
 
-    synful.predict.BlockPredictor.process = _hold_then_process
+    synful.predict.BlockPredictor.read_block = _hold_then_read
 """
 
 
@@ -254,15 +258,11 @@ def test_killed_worker_then_rerun_completes_with_same_outputs(experiment, monkey
     assert total == 6 * 3 * 3
     assert meta["complete"] and meta["blocks"]["skipped"] == 4 and meta["blocks"]["processed"] == total - 4
 
-    prob, vectors = single_pass(experiment, "mirror")
+    want_ind, want_vec = single_pass(experiment, "mirror", "uint8", "int8", 0.05)
     ind, vec = read_outputs(setup)
     assert ind.dtype == np.uint8 and vec.dtype == np.int8
     assert ind.attrs["scale"] == pytest.approx(1 / 255) and vec.attrs["scale"] == pytest.approx(0.05)
-    want_ind, _ = encode_indicator(prob, "uint8")
-    want_vec, _ = encode_vectors(vectors, "int8", 0.05)
-    # rounding of values that sit on a quantisation boundary may differ by one unit
-    assert np.abs(ind[ind.roi].astype(int) - want_ind).max() <= 1
-    assert np.abs(vec[vec.roi].astype(int) - want_vec).max() <= 1
+    assert np.array_equal(ind[ind.roi], want_ind) and np.array_equal(vec[vec.roi], want_vec)
 
 
 @pytest.mark.slow
@@ -289,8 +289,13 @@ def test_three_level_synful_network_blockwise_equals_single_pass_exactly(experim
     prob, vectors = single_pass(experiment3, padding)
     # values away from saturation and clipping: float round-off would show in the encoded values too
     assert ((prob > 0.01) & (prob < 0.99)).mean() > 0.9 and (np.abs(vectors) < 127 * 0.05).mean() > 0.9
-    want_ind, _ = encode_indicator(prob, dtypes[0])
-    want_vec, _ = encode_vectors(vectors, dtypes[1], 0.05)
+    want_ind, want_vec = single_pass(experiment3, padding, dtypes[0], dtypes[1], 0.05)
+    # the workers' on-device encoding is numpy's contract (encode_indicator / encode_vectors) up to the last
+    # ulp of the sigmoid: at most one unit apart, on values that sit on a rounding boundary
+    np_ind, _ = encode_indicator(prob, dtypes[0])
+    np_vec, _ = encode_vectors(vectors, dtypes[1], 0.05)
+    assert np.abs(np_ind.astype(float) - want_ind).max() <= (1 if dtypes[0] == "uint8" else 1e-6)
+    assert np.array_equal(np_vec, want_vec)
     got_ind, got_vec = ind[ind.roi], vec[vec.roi]
     assert got_ind.dtype == want_ind.dtype and got_vec.dtype == want_vec.dtype
     if dtypes[0] == "uint8":  # the encoded values vary: the comparison means something

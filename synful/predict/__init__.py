@@ -29,7 +29,10 @@
 4. Workers (:func:`run_worker`, the hidden ``synful predict-worker`` command) take blocks from the
    daisy scheduler over TCP until none are left, loading the model once (with their first block, so
    a rerun of a finished run starts no TensorFlow) and running the network on ``batch_size`` tiles
-   at a time.  :func:`spawn_worker` starts one; locally each holds one GPU
+   at a time.  A worker pipelines its blocks (:func:`~synful.predict.workers.serve_pipelined`): a
+   thread reads the next block's raw data while the network runs, normalisation, sigmoid and
+   encoding run in the compiled function on the device, and a thread writes the finished block; a
+   block is reported done only after its write returned.  :func:`spawn_worker` starts one; locally each holds one GPU
    (``CUDA_VISIBLE_DEVICES``), or runs on CPU threads when there is none.  The scheduler process
    itself only hands out blocks and draws the progress bar.  No worker outlives the scheduler: a
    worker slot whose scheduler ended (even by SIGKILL) cancels its worker (Slurm job or process),
