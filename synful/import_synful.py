@@ -117,7 +117,7 @@ class SynfulNetwork:
     """One Synful network: its parameter file and values, TF1 checkpoint prefix and task.
 
     ``task``: ``both``, ``indicator`` or ``vectors`` (the heads whose loss scale is > 0);
-    ``iteration``: from the checkpoint name (``..._<N>``), or None.
+    ``iteration``: from the checkpoint name (``..._<N>`` or ``...-<N>``), or None.
     """
 
     parameter_file: Path
@@ -181,7 +181,7 @@ def read_synful_network(source, checkpoint) -> SynfulNetwork:
         if k not in params:
             raise SynfulImportError(f"{path}: key {k} missing (needed to build the network)")
     prefix = _checkpoint_prefix(checkpoint)
-    m = re.search(r"_(\d+)$", Path(prefix).name)
+    m = re.search(r"[_-](\d+)$", Path(prefix).name)  # gunpowder: ..._<N>; tf.compat.v1 Saver: ...-<N>
     return SynfulNetwork(path, params, prefix, _task(params, path), int(m.group(1)) if m else None)
 
 
@@ -320,7 +320,7 @@ def variable_map(cfg, task: str, unet_model: str, prefix: str = "") -> dict[str,
 
 
 def _fmt(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def _read_weights(model, net: SynfulNetwork, scopes: dict[str, str]) -> dict[str, list]:
@@ -380,16 +380,19 @@ def import_synful(source, checkpoint, base_dir, experiment: str, train_id: int, 
     single-task network of a pair (order free: the indicator-only and vectors-only networks are told
     apart by their loss scales); ``iteration``: of our checkpoint (default: from the checkpoint name).
     Returns ``{"setup": Path, "checkpoint": Path, "iteration": int, "unmapped": [key=value, ...],
-    "values": {[Training] key: value}}``.  Raises SynfulImportError (a ScaffoldError when the setup
-    exists) before anything is written when the parameter file cannot be represented or a variable is
-    missing or of another shape.
+    "values": {[Training] key: value}}``.  Raises SynfulImportError before anything is written when the setup
+    exists, the parameter file cannot be represented, or a variable is missing, left over or of another
+    shape (a bad experiment name: ScaffoldError).
     """
     from .config import Training, read_train_config
     from .io.files import atomic_write
     from .models import PAIRED_VECTORS_PREFIX, build_unet
-    from .scaffold import create_train_setup
+    from .scaffold import create_train_setup, train_setup_dir
     from .train import checkpoint_path
 
+    target_dir = train_setup_dir(base_dir, experiment, train_id)
+    if target_dir.exists():
+        raise SynfulImportError(f"{target_dir}: setup already exists (remove it, or import with another train id)")
     first = read_synful_network(source, checkpoint)
     nets = [first]
     if pair is not None:

@@ -298,8 +298,19 @@ def test_a_deeper_checkpoint_is_refused_naming_its_extra_variable(small_setup, t
     # two levels: the checkpoint's third level is left over (and the second one's upsampling has other shapes)
     (shallow / "parameter.json").write_text(json.dumps(dict(CASES["small_vanilla"], downsample_factors=FACTORS[:2],
                                                             input_size=[42, 214, 214])))
-    with pytest.raises(SynfulImportError, match=r"variable .* (has shape|is not part)"):
+    with pytest.raises(SynfulImportError, match=r"variable decoder_0_layer_2/unet_layer_2_right_0/bias \(shape "
+                                                r"\(8,\)\) is not part of the network of .*shallow/parameter.json"):
         import_synful(shallow, small_setup / f"train_net_checkpoint_{ITERATION}", tmp_path, "imp", 0)
+    # an output_size that is not the network's
+    (shallow / "parameter.json").write_text(json.dumps(dict(CASES["small_vanilla"], output_size=[6, 30, 30])))
+    with pytest.raises(SynfulImportError, match=r"output_size \[6, 30, 30\] differs from \[6, 29, 29\]"):
+        import_synful(shallow, small_setup, tmp_path, "imp", 0)
+
+
+def test_an_existing_setup_is_refused_before_reading_the_checkpoint(small_setup, tmp_path):
+    (tmp_path / "imp" / "02_train" / "setup_t0").mkdir(parents=True)
+    with pytest.raises(SynfulImportError, match=r"setup_t0: setup already exists"):
+        import_synful(small_setup, small_setup / "no_such_checkpoint", tmp_path, "imp", 0)
 
 
 def test_bad_checkpoint_paths_and_pairs_are_refused(small_setup, tmp_path):
