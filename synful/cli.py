@@ -423,6 +423,10 @@ def _add_import_synful(sub):
                         "one model with unet_model = paired")
     p.add_argument("--iteration", type=int, default=None, help="iteration of our checkpoint (default: from the "
                                                                "checkpoint name, ..._<N>)")
+    p.add_argument("--crop-to-factor", choices=("auto", "yes", "no"), default="auto",
+                   help="whether Synful's funlib U-Net cropped each upsampled feature map to the downsampling "
+                        "factor (later funlib versions; the checkpoint does not tell); auto: from the output "
+                        "shapes in train_net_config.json / output_size, else from what input_size fits")
     p.set_defaults(func=_run_import_synful)
 
 
@@ -430,8 +434,11 @@ def _run_import_synful(args) -> int:
     from .import_synful import import_synful
 
     r = import_synful(args.source, args.checkpoint, args.base_dir, args.experiment, args.train_id,
-                      pair=args.pair, iteration=args.iteration)
-    print(f"imported {r['values']['unet_model']} network (tasks = {r['values']['tasks']}) into {r['setup']}; "
+                      pair=args.pair, iteration=args.iteration,
+                      crop_to_factor={"auto": None, "yes": True, "no": False}[args.crop_to_factor])
+    crop = "with" if r["values"]["crop_to_factor"] else "without"
+    print(f"imported {r['values']['unet_model']} network (tasks = {r['values']['tasks']}, {crop} crop_to_factor) "
+          f"into {r['setup']}; "
           f"checkpoint {r['checkpoint']} (iteration {r['iteration']}); next: prepare_prediction.py "
           f"-e {args.experiment} -t {args.train_id} -i {r['iteration']} -d {args.base_dir}")
     return 0

@@ -55,7 +55,11 @@ reject_probability            reject_probability
 learning_rate                 learning_rate (Adam betas 0.95, 0.999, epsilon 1e-8: ours by default)
 max_iteration                 iterations
 snapshot_freq                 snapshot_every
-output_size                   checked: must equal the output shape of the network built
+output_size                   with train_net_config.json / test_net_config.json beside parameter.json
+                              (input_shape, output_shape): crop_to_factor, the variant whose output
+                              shapes match (later funlib versions crop each upsampled feature map; the
+                              weights do not tell); no shapes stated: the variant input_size fits,
+                              without when both do (Synful's setup01: input 42 z fits only without)
 (fixed by funlib)             kernel_size 3,3,3; level_kernel_sizes []; num_convs 2;
                               upsampling transposed_conv; upsampling_relu true
 blob_mode, loss_comb_type,    accepted silently at Synful's usual value (ball, sum, mask, false /
@@ -360,25 +364,69 @@ def _read_weights(model, net: SynfulNetwork, scopes: dict[str, str]) -> dict[str
     return weights
 
 
-def _check_output_size(cfg, nets):
+#: Synful's network description files beside parameter.json (gunpowder's input_shape / output_shape, voxels)
+NET_CONFIG_FILES = ("train_net_config.json", "test_net_config.json")
+
+
+def _shape_evidence(nets) -> list[tuple[str, tuple, tuple]]:
+    """(where, input shape, output shape) triples the Synful setups state: parameter.json ``output_size`` and
+    the ``input_shape`` / ``output_shape`` of train_net_config.json and test_net_config.json beside it."""
+    found = []
+    for net in nets:
+        if net.params.get("output_size") is not None:
+            found.append((f"{net.parameter_file} output_size", tuple(int(v) for v in net.params["input_size"]),
+                          tuple(int(v) for v in net.params["output_size"])))
+        for name in NET_CONFIG_FILES:
+            path = net.parameter_file.parent / name
+            if path.is_file():
+                c = read_json_file(path, "Synful network config", SynfulImportError)
+                if isinstance(c, dict) and "input_shape" in c and "output_shape" in c:
+                    found.append((f"{path} output_shape", tuple(int(v) for v in c["input_shape"]),
+                                  tuple(int(v) for v in c["output_shape"])))
+    return found
+
+
+def _choose_crop_to_factor(cfg, nets, crop_to_factor: bool | None) -> bool:
+    """Whether the network crops to factor (funlib versions differ; the weights do not tell): the choice
+    given, else the variant whose output shapes match every shape the setups state, else the variant the
+    input_size fits (both: without, as the funlib revision of Synful's own setup01 and its input 42 z)."""
+    from .config import ConfigError
     from .models import output_shape
 
-    out = output_shape(cfg)
-    for net in nets:
-        size = net.params.get("output_size")
-        if size is not None and tuple(int(s) for s in size) != tuple(out):
-            raise SynfulImportError(f"{net.parameter_file}: output_size {list(size)} differs from {list(out)}, the "
-                                    f"output of the network built from input_size {net.params['input_size']}")
+    def out(variant: bool, shape):
+        try:
+            return output_shape(dataclasses.replace(cfg, crop_to_factor=variant), shape)
+        except ConfigError:
+            return None
+
+    evidence = _shape_evidence(nets)
+    variants = [crop_to_factor] if crop_to_factor is not None else [False, True]
+    fitting = [v for v in variants if all(out(v, i) == o for _, i, o in evidence) and out(v, cfg.input_shape)]
+    if not fitting:
+        def shown(shape):
+            return ", ".join(f"{list(g) if (g := out(v, shape)) else 'none (input does not fit)'} "
+                             f"{'with' if v else 'without'} crop_to_factor" for v in variants)
+
+        unmatched = [(w, i, o) for w, i, o in evidence if all(out(v, i) != o for v in variants)]
+        if unmatched or evidence:
+            where, i, o = (unmatched or evidence)[0]
+            raise SynfulImportError(f"{where}: {list(o)} for input {list(i)}, but the network of the parameter "
+                                    f"file gives {shown(i)}")
+        raise SynfulImportError(f"{nets[0].parameter_file}: input_size {list(cfg.input_shape)} gives no output: "
+                                f"{shown(cfg.input_shape)}")
+    return fitting[0]
 
 
 def import_synful(source, checkpoint, base_dir, experiment: str, train_id: int, *, pair=None,
-                  iteration: int | None = None) -> dict:
+                  iteration: int | None = None, crop_to_factor: bool | None = None) -> dict:
     """Import a Synful network (or a pair) as ``<base_dir>/<experiment>/02_train/setup_t<train_id>``.
 
     ``source``: Synful's ``parameter.json`` or its setup directory; ``checkpoint``: its TF1 checkpoint
     (prefix, one of its files, or a directory); ``pair``: ``(source, checkpoint)`` of the other
     single-task network of a pair (order free: the indicator-only and vectors-only networks are told
-    apart by their loss scales); ``iteration``: of our checkpoint (default: from the checkpoint name).
+    apart by their loss scales); ``iteration``: of our checkpoint (default: from the checkpoint name);
+    ``crop_to_factor``: whether the funlib U-Net cropped to factor (None: decided from the shapes the
+    setups state, see the module docstring).
     Returns ``{"setup": Path, "checkpoint": Path, "iteration": int, "unmapped": [key=value, ...],
     "values": {[Training] key: value}}``.  Raises SynfulImportError before anything is written when the setup
     exists, the parameter file cannot be represented, or a variable is missing, left over or of another
@@ -386,7 +434,7 @@ def import_synful(source, checkpoint, base_dir, experiment: str, train_id: int, 
     """
     from .config import Training, read_train_config
     from .io.files import atomic_write
-    from .models import PAIRED_VECTORS_PREFIX, build_unet
+    from .models import PAIRED_VECTORS_PREFIX, build_unet, output_shape
     from .scaffold import create_train_setup, train_setup_dir
     from .train import checkpoint_path
 
@@ -405,7 +453,10 @@ def import_synful(source, checkpoint, base_dir, experiment: str, train_id: int, 
                                 f"give --iteration N (>= 1)")
     it = int(it)
     cfg = dataclasses.replace(Training(), **values)
-    _check_output_size(cfg, nets)
+    values["crop_to_factor"] = _choose_crop_to_factor(cfg, nets, crop_to_factor)
+    cfg = dataclasses.replace(cfg, crop_to_factor=values["crop_to_factor"])
+    logger.info("network %s crop_to_factor (output %s for input %s)", "with" if cfg.crop_to_factor else "without",
+                output_shape(cfg), cfg.input_shape)
     model = build_unet(cfg)
     weights = {}
     if len(nets) == 1:

@@ -7,6 +7,8 @@ channels-last inside, as TensorFlow's CPU kernels need), Adam slots and ``traini
 real checkpoint, and random weights.  Synful's configurations keep their downsampling factors
 [[1,3,3],[1,3,3],[3,3,3]] and 3x3x3 kernels, shrunk in feature maps and input so a CPU runs them:
 "small" (fmap_num 4, fmap_inc_factor 5 -> 2, 2) and "big" (more feature maps per level -> 3, 3).
+Each runs without and with funlib's later ``crop_to_factor`` (which one a checkpoint needs is read from
+the output shape its setup's train_net_config.json states).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from synful.import_synful import SynfulImportError, import_synful, read_synful_n
 from synful.train import load_model_for_prediction
 
 INPUT = (42, 241, 241)  # voxels (z, y, x) -> output (6, 29, 29)
+INPUT_CROP = (48, 295, 295)  # with crop_to_factor -> output (6, 27, 27); without -> (12, 83, 83)
 FACTORS = [[1, 3, 3], [1, 3, 3], [3, 3, 3]]
 SMALL = {"fmap_num": 2, "fmap_inc_factor": 2}
 BIG = {"fmap_num": 3, "fmap_inc_factor": 3}
@@ -29,9 +32,9 @@ ITERATION = 300000
 TOL = 1e-5
 
 
-def parameters(size: dict, unet_model: str, m_loss_scale=1.0, d_loss_scale=1.0, **more) -> dict:
+def parameters(size: dict, unet_model: str, m_loss_scale=1.0, d_loss_scale=1.0, input_size=INPUT, **more) -> dict:
     """A Synful parameter.json (the keys of scripts/train/setup01/parameter.json)."""
-    return {"input_size": list(INPUT), "downsample_factors": FACTORS, **size, "unet_model": unet_model,
+    return {"input_size": list(input_size), "downsample_factors": FACTORS, **size, "unet_model": unet_model,
             "learning_rate": 0.5e-4, "loss_comb_type": "sum", "m_loss_scale": m_loss_scale,
             "d_loss_scale": d_loss_scale, "reject_probability": 0.95, "blob_radius": 10, "max_iteration": 700000,
             "blob_mode": "ball", "d_scale": 1, "d_blob_radius": 100, "cliprange": [7e-4, 0.9993],
@@ -94,7 +97,16 @@ def _crop(x, shape):
     return tf.slice(x, offset, have[:2] + list(shape[2:]))
 
 
-def _unet(x, fmaps: int, inc: int, factors, num_heads: int, layer: int = 0):
+def _crop_to_factor(x, factors, conv_crop: int = 4):
+    """funlib's later crop_to_factor: centre-crop so (size - conv_crop) is a multiple of the factor product."""
+    shape = [int(s) for s in x.shape]
+    target = shape[:2] + [(s - conv_crop) // int(np.prod(f)) * int(np.prod(f)) + conv_crop
+                          for s, f in zip(shape[2:], zip(*factors))]
+    assert all(t > conv_crop for t in target[2:])
+    return _crop(x, target) if target != shape else x
+
+
+def _unet(x, fmaps: int, inc: int, factors, num_heads: int, layer: int = 0, crop_to_factor: bool = False):
     import tensorflow as tf
     tf1 = tf.compat.v1
 
@@ -103,22 +115,27 @@ def _unet(x, fmaps: int, inc: int, factors, num_heads: int, layer: int = 0):
         return [f_left] * num_heads if num_heads > 1 else f_left
     f = factors[layer]
     g_in = _first(tf.nn.max_pool3d(_last(f_left), (1, *f, 1), (1, *f, 1), "VALID"))
-    g_outs = _unet(g_in, fmaps * inc, inc, factors, num_heads, layer + 1)
+    g_outs = _unet(g_in, fmaps * inc, inc, factors, num_heads, layer + 1, crop_to_factor)
     if num_heads == 1:
         g_outs = [g_outs]
     f_outs = []
     for head, g_out in enumerate(g_outs):
         with tf1.variable_scope(f"decoder_{head}_layer_{layer}"):
             up = _upsample(g_out, f, fmaps, f"unet_up_{layer + 1}_to_{layer}")
+            if crop_to_factor:  # the factors of this level and all below it
+                up = _crop_to_factor(up, factors[layer:])
             f_right = tf.concat([_crop(f_left, [int(s) for s in up.shape]), up], 1)
             f_outs.append(_conv_pass(f_right, fmaps, f"unet_layer_{layer}_right"))
     return f_outs[0] if num_heads == 1 else f_outs
 
 
-def tf1_network(params: dict, prefix: Path, raw: np.ndarray, *, drop: str | None = None, seed: int = 0):
+def tf1_network(params: dict, prefix: Path, raw: np.ndarray, *, drop: str | None = None, seed: int = 0,
+                crop_to_factor: bool = False):
     """Build Synful's network of ``params`` in a TF1 graph, save it to the checkpoint ``prefix`` and return
     its outputs on ``raw`` ``(z, y, x)`` as channels-last numpy: ``(syn_indicator (z, y, x, 1),
-    partner_vectors (z, y, x, 3))``.  ``drop``: a variable left out of the checkpoint."""
+    partner_vectors (z, y, x, 3))``.  ``drop``: a variable left out of the checkpoint; ``crop_to_factor``:
+    funlib's later U-Net; its output shape is then written to train_net_config.json beside the checkpoint,
+    as Synful's setups hold it."""
     import tensorflow as tf
     tf1 = tf.compat.v1
 
@@ -129,7 +146,7 @@ def tf1_network(params: dict, prefix: Path, raw: np.ndarray, *, drop: str | None
         x = tf1.placeholder(tf.float32, shape=shape)
         num_heads = 2 if params["unet_model"] == "dh_unet" else 1
         outputs = _unet(tf.reshape(x, (1, 1) + shape), params["fmap_num"], params["fmap_inc_factor"],
-                        params["downsample_factors"], num_heads)
+                        params["downsample_factors"], num_heads, crop_to_factor=crop_to_factor)
         if num_heads == 1:
             outputs = (outputs, outputs)
         vectors = _conv_pass(outputs[0], 3, "partner_vector", kernels=(1,), relu=False)
@@ -146,6 +163,9 @@ def tf1_network(params: dict, prefix: Path, raw: np.ndarray, *, drop: str | None
             ind, vec = sess.run([indicator, vectors], {x: raw})
             prefix.parent.mkdir(parents=True, exist_ok=True)
             saver.save(sess, str(prefix), write_meta_graph=False)
+        if crop_to_factor:
+            (prefix.parent / "train_net_config.json").write_text(json.dumps(
+                {"input_shape": list(shape), "output_shape": [int(s) for s in indicator.shape[2:]]}))
     return np.moveaxis(ind[0], 0, -1), np.moveaxis(vec[0], 0, -1)
 
 
@@ -158,9 +178,13 @@ def synful_setup(root: Path, name: str, params: dict, raw: np.ndarray, **kw):
     return setup, out
 
 
+def random_raw(shape) -> np.ndarray:
+    return np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def raw():
-    return np.random.default_rng(1).uniform(-1, 1, INPUT).astype(np.float32)
+    return random_raw(INPUT)
 
 
 def keras_outputs(setup_dir: Path, raw: np.ndarray) -> dict:
@@ -173,22 +197,27 @@ CASES = {
     "small_dh_unet_mse": parameters(SMALL, "dh_unet", m_loss_type="mean_squared_error", activation=None),
     "big_vanilla": parameters(BIG, "vanilla"),
     "big_dh_unet": parameters(BIG, "dh_unet", m_loss_type="cross_entropy"),
+    "small_vanilla_crop_to_factor": parameters(SMALL, "vanilla", input_size=INPUT_CROP),
+    "big_dh_unet_crop_to_factor": parameters(BIG, "dh_unet", input_size=INPUT_CROP),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_imported_network_equals_the_tf1_graph(case, raw, tmp_path, capsys):
+def test_imported_network_equals_the_tf1_graph(case, tmp_path, capsys):
     params = CASES[case]
-    src, (want_ind, want_vec) = synful_setup(tmp_path / "synful", case, params, raw)
+    crop = case.endswith("crop_to_factor")
+    raw = random_raw(params["input_size"])
+    src, (want_ind, want_vec) = synful_setup(tmp_path / "synful", case, params, raw, crop_to_factor=crop)
     assert main(["import-synful", str(src), str(src / f"train_net_checkpoint_{ITERATION}.index"), "-e", "imp",
                  "-t", "0", "-d", str(tmp_path)]) == 0
-    assert f"iteration {ITERATION}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"iteration {ITERATION}" in out and f"{'with' if crop else 'without'} crop_to_factor" in out
     got = keras_outputs(tmp_path / "imp" / "02_train" / "setup_t0", raw)
     d_ind = float(np.abs(got["syn_indicator"] - want_ind).max())
     d_vec = float(np.abs(got["partner_vectors"] - want_vec).max())
     print(f"{case}: max abs difference indicator {d_ind:.3g}, vectors {d_vec:.3g}")
-    assert got["syn_indicator"].shape == want_ind.shape == (6, 29, 29, 1)
+    assert got["syn_indicator"].shape == want_ind.shape == ((6, 27, 27, 1) if crop else (6, 29, 29, 1))
     assert np.std(want_ind) > 1e-3 and np.std(want_vec) > 1e-3  # the comparison is not of constants
     assert d_ind <= TOL and d_vec <= TOL
 
@@ -303,8 +332,14 @@ def test_a_deeper_checkpoint_is_refused_naming_its_extra_variable(small_setup, t
         import_synful(shallow, small_setup / f"train_net_checkpoint_{ITERATION}", tmp_path, "imp", 0)
     # an output_size that is not the network's
     (shallow / "parameter.json").write_text(json.dumps(dict(CASES["small_vanilla"], output_size=[6, 30, 30])))
-    with pytest.raises(SynfulImportError, match=r"output_size \[6, 30, 30\] differs from \[6, 29, 29\]"):
+    with pytest.raises(SynfulImportError, match=r"output_size: \[6, 30, 30\] for input \[42, 241, 241\], but the "
+                                                r"network of the parameter file gives \[6, 29, 29\] without "
+                                                r"crop_to_factor, none \(input does not fit\) with crop_to_factor"):
         import_synful(shallow, small_setup, tmp_path, "imp", 0)
+    # told to crop to factor: input 42 z does not fit
+    with pytest.raises(SynfulImportError, match=r"input_size \[42, 241, 241\] gives no output: none \(input does "
+                                                r"not fit\) with crop_to_factor"):
+        import_synful(small_setup, small_setup, tmp_path, "imp", 0, crop_to_factor=True)
 
 
 def test_an_existing_setup_is_refused_before_reading_the_checkpoint(small_setup, tmp_path):

@@ -76,6 +76,9 @@ class Training:
                                   "U-Net; 0: fmap_num", minimum=0)
     paired_fmap_inc_factor: int = key(0, "unet_model = paired: feature-map multiplier per level of the "
                                          "partner_vectors U-Net; 0: fmap_inc_factor", minimum=0)
+    crop_to_factor: bool = key(False, "centre-crop each upsampled feature map so that what the level's convolutions "
+                                      "leave is a multiple of the downsampling below it (funlib.learn.tensorflow's "
+                                      "crop_to_factor, in its later U-Nets)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,9 @@ centre-cropped skip connections and 1x1x1 linear heads (the vector head's output
 and gives each head its own decoder; ``unet_model = paired`` runs two independent U-Nets on the same
 input, one per head (Synful's single-task networks, e.g. p_setup52 + p_setup10, in one model; the
 vector U-Net may have its own ``paired_fmap_num`` / ``paired_fmap_inc_factor``).  ``upsampling_relu``
-puts a ReLU after the upsampling convolution, as funlib.learn.tensorflow's U-Net does.  Every layer has
+puts a ReLU after the upsampling convolution, as funlib.learn.tensorflow's U-Net does; ``crop_to_factor``
+centre-crops each upsampled feature map as later funlib versions do (the part left after the level's
+convolutions a multiple of the downsampling below it, for translation equivariance).  Every layer has
 a fixed name, so weights trained with one input shape load into the same network built for a larger
 input (see :func:`build_unet`).
 """
@@ -76,7 +78,18 @@ def head_names(cfg: Training) -> tuple[str, ...]:
             "vectors": ("partner_vectors",)}[cfg.tasks]
 
 
-def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int):
+def _factor_below(factors, level: int, axis: int) -> int:
+    """The product of the downsample factors of ``level`` and every level below it, along ``axis``."""
+    return int(np.prod([f[axis] for f in factors[level:]]))
+
+
+def _crop_to_factor_size(s: int, factor: int, conv_crop: int) -> int:
+    """funlib's crop_to_factor: the largest size <= ``s`` whose part after the convolutions (``s - conv_crop``)
+    is a multiple of ``factor``."""
+    return (s - conv_crop) // factor * factor + conv_crop
+
+
+def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int, crop_to_factor: bool = False):
     """Walk one axis through the U-Net; return (output size, None) or (None, reason).
 
     ``kernels``: one kernel shape (z, y, x) per level, top first, bottom last.
@@ -94,7 +107,12 @@ def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int):
     if s < 1:
         return None, "the convolutions of the bottom level leave no voxels"
     for level in reversed(range(len(factors))):
-        s = s * factors[level][axis] - shrink[level]
+        s = s * factors[level][axis]
+        if crop_to_factor:
+            s = _crop_to_factor_size(s, _factor_below(factors, level, axis), shrink[level])
+            if s <= shrink[level]:
+                return None, f"crop_to_factor at level {level} leaves no voxels"
+        s -= shrink[level]
         if s < 1:
             return None, f"the upsampling path of level {level} leaves no voxels"
     return s, None
@@ -149,7 +167,7 @@ def valid_input_sizes(cfg: Training, axis: int, near: int, count: int = 2) -> li
     found = []
     for delta in range(0, 10 * max(near, 100)):
         for s in sorted({near - delta, near + delta}):
-            if s >= 1 and _axis_sizes(s, axis, factors, kernels, cfg.num_convs)[0] is not None:
+            if s >= 1 and _axis_sizes(s, axis, factors, kernels, cfg.num_convs, cfg.crop_to_factor)[0] is not None:
                 found.append(s)
         if len(found) >= count:
             break
@@ -172,7 +190,7 @@ def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tup
     kernels = level_kernels(cfg)
     out = []
     for axis, size in enumerate(shape):
-        s, reason = _axis_sizes(size, axis, factors, kernels, cfg.num_convs)
+        s, reason = _axis_sizes(size, axis, factors, kernels, cfg.num_convs, cfg.crop_to_factor)
         if s is None:
             near = valid_input_sizes(cfg, axis, size)
             hint = f"; nearest valid {_AXES[axis]} sizes: {', '.join(map(str, near))}" if near else ""
@@ -232,6 +250,11 @@ def _decoder(x, skips, cfg: Training, prefix: str, dtype, vectors_net: bool = Fa
         else:
             x = layers.UpSampling3D(f, name=f"{prefix}up{level}", dtype=dtype)(x)
             x = layers.Conv3D(fm, 1, activation=up_activation, name=f"{prefix}up{level}_conv", dtype=dtype)(x)
+        if cfg.crop_to_factor:
+            conv_crop = [cfg.num_convs * (k - 1) for k in level_kernels(cfg)[level]]
+            target = [_crop_to_factor_size(int(s), _factor_below(factors, level, a), conv_crop[a])
+                      for a, s in enumerate(x.shape[1:4])]
+            x = _center_crop(x, target, name=f"{prefix}crop_to_factor{level}")
         skip = _center_crop(skips[level], x.shape[1:4], name=f"{prefix}crop{level}")
         x = layers.Concatenate(axis=-1, name=f"{prefix}concat{level}", dtype=dtype)([skip, x])
         x = _conv_pass(x, fm, cfg, level, f"{prefix}dec{level}", dtype)
