@@ -407,6 +407,44 @@ def _run_segment(args) -> int:
     return 0
 
 
+def _add_import_synful(sub):
+    p = sub.add_parser("import-synful", help="import a Synful (TF1) network: its parameter.json becomes a training "
+                                             "setup, its checkpoint our checkpoint (then prepare_prediction.py)")
+    p.add_argument("source", metavar="SETUP_DIR_OR_PARAMETER_JSON", help="Synful setup directory or its "
+                                                                          "parameter.json")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="TF1 checkpoint prefix (e.g. "
+                                                            "p_setup52/train_net_checkpoint_300000), one of its files, "
+                                                            "or a directory (its latest)")
+    p.add_argument("-e", "--experiment", required=True, help="experiment name")
+    p.add_argument("-t", "--train-id", type=int, required=True, help="train id T: creates 02_train/setup_t<T>")
+    p.add_argument("-d", "--base-dir", default="experiments", help="experiments base directory (default: "
+                                                                   "./experiments)")
+    p.add_argument("--pair", nargs=2, metavar=("SETUP_OR_JSON", "CHECKPOINT"), default=None,
+                   help="the other single-task network of a pair (e.g. p_setup10 with p_setup52): both go into "
+                        "one model with unet_model = paired")
+    p.add_argument("--iteration", type=int, default=None, help="iteration of our checkpoint (default: from the "
+                                                               "checkpoint name, ..._<N>)")
+    p.add_argument("--crop-to-factor", choices=("auto", "yes", "no"), default="auto",
+                   help="whether Synful's funlib U-Net cropped each upsampled feature map to the downsampling "
+                        "factor (later funlib versions; the checkpoint does not tell); auto: from the output "
+                        "shapes in train_net_config.json / output_size, else from what input_size fits")
+    p.set_defaults(func=_run_import_synful)
+
+
+def _run_import_synful(args) -> int:
+    from .import_synful import import_synful
+
+    r = import_synful(args.source, args.checkpoint, args.base_dir, args.experiment, args.train_id,
+                      pair=args.pair, iteration=args.iteration,
+                      crop_to_factor={"auto": None, "yes": True, "no": False}[args.crop_to_factor])
+    crop = "with" if r["values"]["crop_to_factor"] else "without"
+    print(f"imported {r['values']['unet_model']} network (tasks = {r['values']['tasks']}, {crop} crop_to_factor) "
+          f"into {r['setup']}; "
+          f"checkpoint {r['checkpoint']} (iteration {r['iteration']}); next: prepare_prediction.py "
+          f"-e {args.experiment} -t {args.train_id} -i {r['iteration']} -d {args.base_dir}")
+    return 0
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the whole workflow on synthetic data: data, scaffold, predict, extract, "
                                     "evaluate (shipped model, or --train)")
@@ -455,6 +493,7 @@ COMMANDS = [
     _add_evaluate,
     _add_status,
     _add_transmitter,
+    _add_import_synful,
     _add_demo,
 ]
 

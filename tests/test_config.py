@@ -48,7 +48,7 @@ def test_values_parse(tmp_path):
     ("fmap_num = four", "fmap_num", "expected an integer, got 'four'"),
     ("voxel_size = 40, 4", "voxel_size", "expected 3 comma-separated integers"),
     ("downsample_factors = [[1,3,3],[1,3]]", "downsample_factors", "list of 3-tuples"),
-    ("unet_model = resnet", "unet_model", "expected one of vanilla, dh_unet, got 'resnet'"),
+    ("unet_model = resnet", "unet_model", "expected one of vanilla, dh_unet, paired, got 'resnet'"),
     ("reject_probability = 1.5", "reject_probability", "must be <= 1"),
     ("fmap_num = 0", "fmap_num", "must be >= 1"),
     ("xla = maybe", "xla", "expected true or false"),

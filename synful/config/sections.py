@@ -30,8 +30,9 @@ class Training:
     manifest: str = key("../../01_data/manifest.yaml", "dataset manifest (YAML) listing the training samples", path=True)
     voxel_size: Int3 = key((40, 4, 4), "voxel size of the training data, nm (z, y, x)", minimum=1)
     input_shape: Int3 = key((42, 430, 430), "network input shape, voxels (z, y, x)", minimum=1)
-    unet_model: str = key("vanilla", "U-Net variant: vanilla (one decoder) or dh_unet (one decoder per task)",
-                          choices=("vanilla", "dh_unet"))
+    unet_model: str = key("vanilla", "U-Net variant: vanilla (one decoder), dh_unet (one decoder per task) or "
+                                     "paired (two independent U-Nets on the same input, one per task)",
+                          choices=("vanilla", "dh_unet", "paired"))
     tasks: str = key("both", "what the network predicts: both, indicator (syn_indicator only) or vectors (partner_vectors only)",
                      choices=("both", "indicator", "vectors"))
     fmap_num: int = key(4, "feature maps of the first U-Net level", minimum=1)
@@ -79,6 +80,15 @@ class Training:
     image_every: int = key(1000, "write TensorBoard image summaries every N iterations (0: never)", minimum=0)
     cache_size: int = key(40, "batches held by PreCache", minimum=1)
     seed: int = key(42, "random seed", minimum=0)
+    upsampling_relu: bool = key(False, "ReLU after the upsampling convolution (funlib.learn.tensorflow's U-Net, "
+                                       "so Synful's networks, have one)")
+    paired_fmap_num: int = key(0, "unet_model = paired: feature maps of the first level of the partner_vectors "
+                                  "U-Net; 0: fmap_num", minimum=0)
+    paired_fmap_inc_factor: int = key(0, "unet_model = paired: feature-map multiplier per level of the "
+                                         "partner_vectors U-Net; 0: fmap_inc_factor", minimum=0)
+    crop_to_factor: bool = key(False, "centre-crop each upsampled feature map so that what the level's convolutions "
+                                      "leave is a multiple of the downsampling below it (funlib.learn.tensorflow's "
+                                      "crop_to_factor, in its later U-Nets)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,8 +11,14 @@ The architecture follows Synful's: per level ``num_convs`` valid convolutions (R
 upsampling (transposed convolution, or nearest-neighbour repeat followed by a 1x1x1 convolution),
 centre-cropped skip connections and 1x1x1 linear heads (the vector head's output multiplied by
 ``vector_scale``).  ``unet_model = dh_unet`` shares the encoder
-and gives each head its own decoder.  Every layer has a fixed name, so weights trained with one input
-shape load into the same network built for a larger input (see :func:`build_unet`).
+and gives each head its own decoder; ``unet_model = paired`` runs two independent U-Nets on the same
+input, one per head (Synful's single-task networks, e.g. p_setup52 + p_setup10, in one model; the
+vector U-Net may have its own ``paired_fmap_num`` / ``paired_fmap_inc_factor``).  ``upsampling_relu``
+puts a ReLU after the upsampling convolution, as funlib.learn.tensorflow's U-Net does; ``crop_to_factor``
+centre-crops each upsampled feature map as later funlib versions do (the part left after the level's
+convolutions a multiple of the downsampling below it, for translation equivariance).  Every layer has
+a fixed name, so weights trained with one input shape load into the same network built for a larger
+input (see :func:`build_unet`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "valid_input_sizes",
     "head_names",
     "build_unet",
+    "PAIRED_VECTORS_PREFIX",
 ]
 
 #: head name -> number of channels
@@ -71,7 +78,18 @@ def head_names(cfg: Training) -> tuple[str, ...]:
             "vectors": ("partner_vectors",)}[cfg.tasks]
 
 
-def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int):
+def _factor_below(factors, level: int, axis: int) -> int:
+    """The product of the downsample factors of ``level`` and every level below it, along ``axis``."""
+    return int(np.prod([f[axis] for f in factors[level:]]))
+
+
+def _crop_to_factor_size(s: int, factor: int, conv_crop: int) -> int:
+    """funlib's crop_to_factor: the largest size <= ``s`` whose part after the convolutions (``s - conv_crop``)
+    is a multiple of ``factor``."""
+    return (s - conv_crop) // factor * factor + conv_crop
+
+
+def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int, crop_to_factor: bool = False):
     """Walk one axis through the U-Net; return (output size, None) or (None, reason).
 
     ``kernels``: one kernel shape (z, y, x) per level, top first, bottom last.
@@ -89,7 +107,12 @@ def _axis_sizes(size: int, axis: int, factors, kernels, num_convs: int):
     if s < 1:
         return None, "the convolutions of the bottom level leave no voxels"
     for level in reversed(range(len(factors))):
-        s = s * factors[level][axis] - shrink[level]
+        s = s * factors[level][axis]
+        if crop_to_factor:
+            s = _crop_to_factor_size(s, _factor_below(factors, level, axis), shrink[level])
+            if s <= shrink[level]:
+                return None, f"crop_to_factor at level {level} leaves no voxels"
+        s -= shrink[level]
         if s < 1:
             return None, f"the upsampling path of level {level} leaves no voxels"
     return s, None
@@ -130,8 +153,9 @@ def _check_architecture(cfg: Training):
             raise ConfigError(f"[Training] downsample_factors: each factor needs 3 positive integers (z, y, x), "
                               f"got {list(f)}")
     level_kernels(cfg)
-    if cfg.unet_model == "dh_unet" and cfg.tasks != "both":
-        raise ConfigError(f"[Training] unet_model = dh_unet needs tasks = both (one decoder per task), "
+    if cfg.unet_model in ("dh_unet", "paired") and cfg.tasks != "both":
+        what = "one decoder per task" if cfg.unet_model == "dh_unet" else "one U-Net per task"
+        raise ConfigError(f"[Training] unet_model = {cfg.unet_model} needs tasks = both ({what}), "
                           f"got tasks = {cfg.tasks}")
     return factors
 
@@ -143,7 +167,7 @@ def valid_input_sizes(cfg: Training, axis: int, near: int, count: int = 2) -> li
     found = []
     for delta in range(0, 10 * max(near, 100)):
         for s in sorted({near - delta, near + delta}):
-            if s >= 1 and _axis_sizes(s, axis, factors, kernels, cfg.num_convs)[0] is not None:
+            if s >= 1 and _axis_sizes(s, axis, factors, kernels, cfg.num_convs, cfg.crop_to_factor)[0] is not None:
                 found.append(s)
         if len(found) >= count:
             break
@@ -166,7 +190,7 @@ def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tup
     kernels = level_kernels(cfg)
     out = []
     for axis, size in enumerate(shape):
-        s, reason = _axis_sizes(size, axis, factors, kernels, cfg.num_convs)
+        s, reason = _axis_sizes(size, axis, factors, kernels, cfg.num_convs, cfg.crop_to_factor)
         if s is None:
             near = valid_input_sizes(cfg, axis, size)
             hint = f"; nearest valid {_AXES[axis]} sizes: {', '.join(map(str, near))}" if near else ""
@@ -182,8 +206,12 @@ def output_shape(cfg: Training, input_shape: Sequence[int] | None = None) -> tup
 # Keras model
 # --------------------------------------------------------------------------------------
 
-def _fmaps(cfg: Training, level: int) -> int:
-    return int(cfg.fmap_num * cfg.fmap_inc_factor ** level)
+def _fmaps(cfg: Training, level: int, vectors_net: bool = False) -> int:
+    """Feature maps at ``level``; ``vectors_net``: of the partner_vectors U-Net of ``unet_model = paired``."""
+    num, inc = cfg.fmap_num, cfg.fmap_inc_factor
+    if vectors_net:
+        num, inc = cfg.paired_fmap_num or num, cfg.paired_fmap_inc_factor or inc
+    return int(num * inc ** level)
 
 
 def _conv_pass(x, fmaps: int, cfg: Training, level: int, name: str, dtype):
@@ -209,21 +237,47 @@ def _center_crop(x, shape, name: str):
     return layers.Cropping3D(tuple(crop), name=name)(x)
 
 
-def _decoder(x, skips, cfg: Training, prefix: str, dtype):
+def _decoder(x, skips, cfg: Training, prefix: str, dtype, vectors_net: bool = False):
     from keras import layers
 
     factors = [tuple(f) for f in cfg.downsample_factors]
+    up_activation = "relu" if cfg.upsampling_relu else None
     for level in reversed(range(len(factors))):
-        f, fm = factors[level], _fmaps(cfg, level)
+        f, fm = factors[level], _fmaps(cfg, level, vectors_net)
         if cfg.upsampling == "transposed_conv":
-            x = layers.Conv3DTranspose(fm, f, strides=f, padding="valid", name=f"{prefix}up{level}", dtype=dtype)(x)
+            x = layers.Conv3DTranspose(fm, f, strides=f, padding="valid", activation=up_activation,
+                                       name=f"{prefix}up{level}", dtype=dtype)(x)
         else:
             x = layers.UpSampling3D(f, name=f"{prefix}up{level}", dtype=dtype)(x)
-            x = layers.Conv3D(fm, 1, name=f"{prefix}up{level}_conv", dtype=dtype)(x)
+            x = layers.Conv3D(fm, 1, activation=up_activation, name=f"{prefix}up{level}_conv", dtype=dtype)(x)
+        if cfg.crop_to_factor:
+            conv_crop = [cfg.num_convs * (k - 1) for k in level_kernels(cfg)[level]]
+            target = [_crop_to_factor_size(int(s), _factor_below(factors, level, a), conv_crop[a])
+                      for a, s in enumerate(x.shape[1:4])]
+            x = _center_crop(x, target, name=f"{prefix}crop_to_factor{level}")
         skip = _center_crop(skips[level], x.shape[1:4], name=f"{prefix}crop{level}")
         x = layers.Concatenate(axis=-1, name=f"{prefix}concat{level}", dtype=dtype)([skip, x])
         x = _conv_pass(x, fm, cfg, level, f"{prefix}dec{level}", dtype)
     return x
+
+
+def _encoder(raw, cfg: Training, prefix: str, dtype, vectors_net: bool = False):
+    """The contracting path: (bottom features, skip features per level, top first)."""
+    from keras import layers
+
+    x, skips = raw, []
+    for level, f in enumerate(cfg.downsample_factors):
+        x = _conv_pass(x, _fmaps(cfg, level, vectors_net), cfg, level, f"{prefix}enc{level}", dtype)
+        skips.append(x)
+        x = layers.MaxPooling3D(tuple(f), strides=tuple(f), padding="valid", name=f"{prefix}down{level}",
+                                dtype=dtype)(x)
+    bottom_level = len(cfg.downsample_factors)
+    bottom = _conv_pass(x, _fmaps(cfg, bottom_level, vectors_net), cfg, bottom_level, f"{prefix}bottom", dtype)
+    return bottom, skips
+
+
+#: layer-name prefix of the partner_vectors U-Net of ``unet_model = paired`` (the indicator U-Net has none)
+PAIRED_VECTORS_PREFIX = "v_"
 
 
 def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
@@ -235,7 +289,9 @@ def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
     input_shape)``; heads are float32 even with ``cfg.mixed_precision`` (``mixed_float16`` layers on a
     GPU; float32 without one).
     Layer names do not depend on the input shape, so weights saved from one build load into another
-    built with a larger input.  Raises ConfigError for impossible shapes before building anything.
+    built with a larger input.  With ``unet_model = paired`` the partner_vectors U-Net's layers carry
+    the prefix :data:`PAIRED_VECTORS_PREFIX`.  Raises ConfigError for impossible shapes before building
+    anything.
     """
     import keras
     from keras import layers
@@ -245,18 +301,17 @@ def build_unet(cfg: Training, input_shape: Sequence[int] | None = None):
     dtype = layer_policy(cfg.mixed_precision, "[Training] mixed_precision")
 
     raw = keras.Input(shape=(*shape, 1), name="raw", dtype="float32")
-    x, skips = raw, []
-    for level, f in enumerate(cfg.downsample_factors):
-        x = _conv_pass(x, _fmaps(cfg, level), cfg, level, f"enc{level}", dtype)
-        skips.append(x)
-        x = layers.MaxPooling3D(tuple(f), strides=tuple(f), padding="valid", name=f"down{level}", dtype=dtype)(x)
-    bottom = _conv_pass(x, _fmaps(cfg, len(cfg.downsample_factors)), cfg, len(cfg.downsample_factors), "bottom",
-                        dtype)
+    bottom, skips = _encoder(raw, cfg, "", dtype)
 
     heads = head_names(cfg)
     if cfg.unet_model == "dh_unet":
         features = {"syn_indicator": _decoder(bottom, skips, cfg, "m_", dtype),
                     "partner_vectors": _decoder(bottom, skips, cfg, "d_", dtype)}
+    elif cfg.unet_model == "paired":
+        p = PAIRED_VECTORS_PREFIX
+        v_bottom, v_skips = _encoder(raw, cfg, p, dtype, vectors_net=True)
+        features = {"syn_indicator": _decoder(bottom, skips, cfg, "", dtype),
+                    "partner_vectors": _decoder(v_bottom, v_skips, cfg, p, dtype, vectors_net=True)}
     else:
         shared = _decoder(bottom, skips, cfg, "", dtype)
         features = {h: shared for h in heads}
