@@ -269,10 +269,12 @@ def _list_datasets(container: Path) -> list[str]:
         rel = Path(root).relative_to(container).as_posix()
         if rel == ".":
             continue
-        if ".zarray" in files or "attributes.json" in files and "dimensions" in _read_json(Path(root) / "attributes.json") \
-                or "zarr.json" in files and _read_json(Path(root) / "zarr.json").get("node_type") == "array":
+        here = Path(root)
+        if (".zarray" in files
+                or "attributes.json" in files and "dimensions" in _read_json(here / "attributes.json")
+                or "zarr.json" in files and _read_json(here / "zarr.json").get("node_type") == "array"):
             found.append(rel)
-            dirs[:] = []
+            dirs[:] = []  # an array's chunk folders hold no arrays
     return sorted(found)
 
 
@@ -720,8 +722,9 @@ def open_browser(viewer, *, chromium: str | None = None, chromedriver: str | Non
     """A headless Chromium (selenium, neuroglancer's Webdriver) showing ``viewer``; use as a context manager.
 
     The driver is started from the given / found ``chromedriver`` path, so
-    selenium's driver manager never runs (and downloads nothing).  WebGL is
-    rendered in software (SwiftShader): no GPU needed.
+    selenium's driver manager never runs (and downloads nothing); no host
+    name resolves in the browser, so the page reaches 127.0.0.1 only.  WebGL
+    is rendered in software (SwiftShader): no GPU needed.
     """
     import neuroglancer.webdriver
 
@@ -737,6 +740,8 @@ def open_browser(viewer, *, chromium: str | None = None, chromedriver: str | Non
             for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
                         "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        # no name resolves: the page can reach the viewer on 127.0.0.1 and nothing else
+                        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
                         f"--window-size={window_size[0]},{window_size[1]}"):
                 options.add_argument(arg)
             self.driver = selenium.webdriver.Chrome(service=Service(executable_path=driver), options=options)

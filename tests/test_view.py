@@ -262,6 +262,10 @@ def test_chromium_loads_the_demo_run_and_screenshots_it(demo_run, chromium, tmp_
         assert [layer.name for layer in state.layers if layer.visible is not False] == [
             "raw", "segmentation", "predicted partners", "ground-truth partners"]
         out = screenshot(viewer, tmp_path / "run.png", (640, 480), webdriver=wd)
+        # everything the page loaded (client, volume chunks) came from the viewer's server on 127.0.0.1
+        fetched = wd.driver.execute_script("return [location.href].concat("
+                                           "performance.getEntriesByType('resource').map(e => e.name))")
+        assert len(fetched) > 3 and all(u.startswith("http://127.0.0.1:") for u in fetched), fetched
     img = np.asarray(Image.open(out).convert("RGB"), dtype=float)
     assert img.shape == (480, 640, 3)
     assert img.std() > 20, img.std()
