@@ -48,6 +48,7 @@ chunk by chunk as the client asks (:class:`LazyVolume`), never whole.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -751,7 +752,7 @@ def open_browser(viewer, *, chromium: str | None = None, chromedriver: str | Non
 
 def screenshot(viewer, out, size=(1200, 800), *, chromium: str | None = None, chromedriver: str | None = None,
                webdriver=None) -> Path:
-    """Save a PNG of ``viewer`` at ``size`` (width, height pixels) to ``out`` once all data are loaded.
+    """Save an RGB PNG of ``viewer`` at ``size`` (width, height pixels) to ``out`` once all data are loaded.
 
     Opens a headless Chromium (:func:`open_browser`) unless ``webdriver`` (one
     already showing ``viewer``) is given.  Returns ``out``.
@@ -770,8 +771,11 @@ def screenshot(viewer, out, size=(1200, 800), *, chromium: str | None = None, ch
     else:
         webdriver.sync()
         reply = viewer.screenshot(size=[w, h])
-    image = reply.screenshot.image
-    return atomic_write(out, lambda tmp: Path(tmp).write_bytes(image))
+    from PIL import Image
+
+    # the browser's PNG is RGBA and barely compressed; the panel is opaque, so an optimised RGB PNG says the same
+    image = Image.open(io.BytesIO(reply.screenshot.image)).convert("RGB")
+    return atomic_write(out, lambda tmp: image.save(tmp, format="PNG", optimize=True))
 
 
 def describe(infos) -> str:
