@@ -39,6 +39,10 @@ are the annotation's relationships ``pre_segment`` / ``post_segment`` (uint64,
 exact, linked to the segmentation they came from; none where missing):
 neuroglancer properties cannot hold 64-bit integers.
 
+Partners are local annotations: the viewer state, and so the browser, holds
+all of them (fine up to some 10^5 partners; a whole-brain collection needs a
+precomputed annotation source instead).
+
 Coordinates: the viewer's dimensions are ``z, y, x`` in nm with the first
 image's voxel size; every volume keeps its own voxel size and offset (nm,
 from the dataset's attributes); annotations are in nm.  Volumes are read
@@ -59,13 +63,13 @@ import numpy as np
 
 from .errors import SynfulError
 
-__all__ = ["ViewError", "LayerInfo", "LazyVolume", "build_viewer", "screenshot", "open_browser",
-           "find_browser", "evaluation_assignment", "DIMENSION_NAMES"]
+__all__ = ["ViewError", "LayerInfo", "LazyVolume", "build_viewer", "screenshot", "open_browser", "find_browser",
+           "evaluation_assignment", "layer_specs", "coordinate_space", "describe", "DIMENSION_NAMES"]
 
 logger = logging.getLogger(__name__)
 
 DIMENSION_NAMES = ("z", "y", "x")
-#: where ``synful view --screenshot`` looks when chromium / chromedriver are not on PATH (Debian's packages)
+#: the executables ``synful view --screenshot`` looks for on PATH (Debian's chromium and chromium-driver)
 _BROWSER_NAMES = ("chromium", "chromium-browser")
 _DRIVER_NAMES = ("chromedriver",)
 #: link colour of true positives (the PNGs have no such kind)
@@ -545,7 +549,11 @@ def _run_specs(run: Path, evaluation=None) -> list[_Spec]:
         linked = "ground-truth labels" if gt_labels is not None else None
         specs.append(_Spec("ground-truth partners", "annotation", gt_source, partners=gt,
                            style=_styles()["ground truth"], transmitters=transmitters, linked=linked))
-    assignment = evaluation_assignment(run, evaluation)
+    try:
+        assignment = evaluation_assignment(run, evaluation)
+    except SynfulError as err:  # a stale or per-neuron evaluation: the rest is still worth looking at
+        logger.warning("no true / false positive layers: %s", err)
+        assignment = None
     if assignment is not None:
         what = f"{assignment['summary']} at score threshold {assignment['score_thr']:g}"
         tp, tp_gt, cost = assignment["tp"]

@@ -147,6 +147,18 @@ def test_ground_truth_annotations_carry_ids_sites_transmitters(container):
     assert "setEndpointMarkerColor(vec4(1.000, 0.000, 0.000, 1.0), vec4(0.000, 1.000, 1.000, 1.0))" in layer.shader
 
 
+def test_several_paths_get_prefixed_layer_names(container, tmp_path):
+    import shutil
+
+    other = tmp_path / "w.zarr"
+    shutil.copytree(container, other)
+    viewer, infos = build_viewer([container, other])
+    assert [i.name for i in infos] == [f"{n}: {layer}" for n in ("v.zarr", "w.zarr")
+                                       for layer in ("labels/neuron_ids", "raw", "ground-truth partners")]
+    layer = viewer.state.layers["w.zarr: ground-truth partners"].layer
+    assert layer.linked_segmentation_layer["pre_segment"] == "w.zarr: labels/neuron_ids"
+
+
 def test_training_snapshot_is_shown_with_vector_magnitudes(tmp_path):
     setup = tmp_path / "setup_t0"
     (setup / "snapshots").mkdir(parents=True)
