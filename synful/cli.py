@@ -480,6 +480,39 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_view(sub):
+    p = sub.add_parser("view", help="look at runs, training snapshots or containers in neuroglancer (raw, "
+                                    "predictions, segmentations, partners; a local viewer on 127.0.0.1)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="prediction run directory, training setup (its latest snapshot) or zarr / N5 / HDF5 container")
+    p.add_argument("--evaluation", default=None, metavar="DIR",
+                   help="evaluation results folder whose true / false positives to show (default: the run's own)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    p.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="save a picture (headless chromium + chromedriver from PATH) and exit")
+    p.add_argument("--size", type=int, nargs=2, default=(1200, 800), metavar=("W", "H"),
+                   help="screenshot size in pixels (default 1200 800)")
+    p.set_defaults(func=_run_view)
+
+
+def _run_view(args) -> int:
+    import time
+
+    from .view import build_viewer, describe, find_browser, screenshot
+
+    if args.screenshot:
+        find_browser()  # before building anything: one line when chromium / chromedriver are missing
+    viewer, layers = build_viewer(args.paths, evaluation=args.evaluation, port=args.port, size=args.size)
+    print("layers:\n" + describe(layers))
+    if args.screenshot:
+        out = screenshot(viewer, args.screenshot, args.size)
+        print(f"screenshot: {out} ({args.size[0]} x {args.size[1]} pixels)")
+        return 0
+    print(f"neuroglancer: {viewer.get_viewer_url()}  (Ctrl-C ends)", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 # Each stage registers its subcommand here, in workflow order.
 COMMANDS = [
     _add_validate,
@@ -495,6 +528,7 @@ COMMANDS = [
     _add_transmitter,
     _add_import_synful,
     _add_demo,
+    _add_view,
 ]
 
 

@@ -135,3 +135,32 @@ def slurm_cluster():
     finally:
         if started:
             subprocess.run(["bash", str(SLURM_SCRIPTS / "stop_local_slurm.sh")], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """(chromium, chromedriver) executables for the neuroglancer tests (headless, software WebGL).
+
+    Installs Debian's chromium and chromium-driver with apt-get when either is missing (needs root), like the
+    Slurm set-up installs slurm-wlm; fails the tests that use it, loudly, when they cannot be installed.
+    """
+    packages = ("chromium", "chromium-driver")
+
+    def found():
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        return (browser, driver) if browser and driver else None
+
+    if found() is None:
+        if os.geteuid() != 0:
+            pytest.fail(f"chromium / chromedriver missing and not root: apt-get install {' '.join(packages)}",
+                        pytrace=False)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+            if res.returncode != 0:
+                pytest.fail(f"{' '.join(cmd)} failed (exit {res.returncode}):\n{res.stdout}\n{res.stderr}",
+                            pytrace=False)
+    if found() is None:
+        pytest.fail(f"apt-get installed {' '.join(packages)} but chromium / chromedriver are not on PATH",
+                    pytrace=False)
+    return found()
