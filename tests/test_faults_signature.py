@@ -107,8 +107,8 @@ def test_signature_ignores_where_the_experiment_lives(tmp_path):
     sig = plan_prediction(pdir).signature()
     shutil.copytree(tmp_path / "a", tmp_path / "b" / "deeper")
     assert plan_prediction(tmp_path / "b" / "deeper" / pdir.relative_to(tmp_path / "a")).signature() == sig
-    # a run started by an earlier synful (absolute-path signature) still resumes where it is
+    # runs started by an earlier synful (absolute-path or host-encoding "v2-" signatures) are refused
     plan = plan_prediction(pdir)
-    assert plan.matches(plan.legacy_signature()) and plan.matches(sig)
-    assert not plan.matches(plan_prediction(tmp_path / "b" / "deeper" / pdir.relative_to(tmp_path / "a"))
-                            .legacy_signature())
+    assert sig.startswith("v3-") and plan.matches(sig)
+    assert plan.from_older_version("v2-0123456789abcdef") and plan.from_older_version("0123456789abcdef")
+    assert not plan.from_older_version(sig)

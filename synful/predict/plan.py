@@ -169,29 +169,22 @@ class PredictionPlan:
             "padding": p.padding, "out": _portable(p.out_container, root),
             "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_int8_nm],
             "mixed_precision": p.mixed_precision, "training": _portable(to_dict(self.training), root),
+            # sigmoid and uint8/int8 encoding run on the device since v3 (ties may round differently)
+            "encoding": "on-device",
         }
         if self.tissue_mask is not None:  # only then, so runs without a mask keep their signature
             keys["tissue_mask"] = self.tissue_mask.digest()
-        return "v2-" + hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def legacy_signature(self) -> str:
-        """The signature of synful <= 0.x runs (absolute paths): a run started by it resumes in place."""
-        p = self.prediction
-        keys = {
-            "checkpoint": str(self.checkpoint), "raw": [self.raw_container, self.raw_dataset],
-            "roi": [list(self.roi.offset), list(self.roi.shape)], "input_shape": list(self.input_shape),
-            "tiling": "phase-aligned", "tile_stride": list(self.tile_stride),
-            "block_write": list(self.block_write), "block_read": list(self.block_read),
-            "padding": p.padding, "out": p.out_container,
-            "datasets": self.datasets(), "dtypes": [p.indicator_dtype, p.vectors_dtype, p.vectors_int8_nm],
-            "mixed_precision": p.mixed_precision, "training": to_dict(self.training),
-        }
-        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return "v3-" + hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def matches(self, signature: str | None) -> bool:
         """True if ``signature`` (as stored by an earlier run of these outputs) is this plan's."""
-        return signature == self.signature() or (signature is not None and not signature.startswith("v2-")
-                                                 and signature == self.legacy_signature())
+        return signature == self.signature()
+
+    @staticmethod
+    def from_older_version(signature: str | None) -> bool:
+        """True for the signature of a run started by an earlier synful: absolute paths (no prefix) or
+        host-side encoding ("v2-"), whose uint8 values may differ by one at rounding boundaries."""
+        return bool(signature) and not str(signature).startswith("v3-")
 
 
 def _portable(value, root: Path):

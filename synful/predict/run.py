@@ -103,7 +103,12 @@ def _check_resumable(plan: PredictionPlan, overwrite: bool):
         shutil.rmtree(plan.tracking_dir, ignore_errors=True)
         sig_file.unlink(missing_ok=True)
     elif sig_file.is_file():
-        if not plan.matches(json.loads(sig_file.read_text()).get("signature")):
+        stored = json.loads(sig_file.read_text()).get("signature")
+        if plan.from_older_version(stored):
+            raise PredictionError(f"{plan.predict_dir}: these outputs were started by an earlier synful (encoding on "
+                                  f"the host; values may differ by one at rounding boundaries); rerun with "
+                                  f"--overwrite to start over")
+        if not plan.matches(stored):
             raise PredictionError(f"{plan.predict_dir}: the configuration changed since the last (unfinished or "
                                   f"finished) run of these outputs; rerun with --overwrite to start over")
     elif plan.tracking_dir.exists():
