@@ -258,9 +258,10 @@ def _run_metadata(plan: PredictionPlan, state, stats: dict, *, run_id: str, sign
         "voxels_processed": int(voxels),
         # end to end: zarr in, zarr out, worker start-up and model loading included
         "voxels_per_second": round(voxels / wall, 1) if wall > 0 else None,
-        # inside blocks (daisy's per-block measurements): the steady rate of one worker, i.e. per GPU
-        "voxels_per_worker_second": (round(voxels / float(stats["total_block_secs"]), 1)
-                                     if stats.get("total_block_secs") and processed else None),
+        # end to end per worker (per GPU); daisy's per-block times overlap in a pipelined worker (up to three
+        # blocks held at once), so their sum is no worker time
+        "voxels_per_worker_second": (round(voxels / wall / max(1, workers.count if not in_process else 1), 1)
+                                     if wall > 0 and processed else None),
         "block_seconds_mean": round(float(stats["mean_block_ms"]) / 1000, 4) if stats.get("mean_block_ms") else None,
         "peak_rss_bytes": int(stats["max_peak_rss_bytes"]) if stats.get("max_peak_rss_bytes") else None,
         "complete": error is None and completed == total,
