@@ -36,6 +36,7 @@ INPUT_SHAPE = (8, 20, 20)  # -> output (2, 12, 12), context (3, 4, 4) voxels
 TRAINING = {
     "voxel_size": VOXEL_SIZE, "input_shape": INPUT_SHAPE, "fmap_num": 2, "fmap_inc_factor": 2,
     "downsample_factors": [(1, 2, 2)], "kernel_size": (3, 3, 3), "num_convs": 1, "tasks": "both",
+    "vector_scale": 1.0,  # random weights: vectors of tens of nm, within the int8 range the tests use
 }
 ITERATION = 1
 
@@ -44,6 +45,7 @@ TRAINING3 = {
     "voxel_size": VOXEL_SIZE, "input_shape": (14, 134, 134), "fmap_num": 2, "fmap_inc_factor": 2,
     "downsample_factors": [(1, 3, 3), (1, 3, 3), (3, 3, 3)],
     "level_kernel_sizes": [(3, 3, 3), (1, 3, 3), (1, 3, 3), (3, 3, 3)], "num_convs": 1, "tasks": "both",
+    "vector_scale": 1.0,
 }
 RAW3_SHAPE = (8, 61, 70)  # voxels: no multiple of any block below (tile stride (3, 27, 27))
 
