@@ -175,9 +175,9 @@ def _start(predict_dir: Path, overwrite: bool, executor: str | None):
     the collection claimed (:func:`~.signature._check_and_claim`)."""
     from ..preflight import check_extraction_setup
 
+    worker_cfg = _worker_config(predict_dir, executor)  # bad partition / container / mounts / injected lines first
     check_extraction_setup(predict_dir)  # what `synful validate` checks: config, predictions, segmentation
     _forget(predict_dir)  # reread the config: it may have changed since the last call
-    worker_cfg = _worker_config(predict_dir, executor)  # bad partition / container / mounts fail here
     run = _run_for(predict_dir)
     # fail fast on the store (opening it reaches the server), before anything is scheduled or marked
     _ = run.store
