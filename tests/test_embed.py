@@ -140,6 +140,43 @@ def test_cube_channels_from_raw_and_segmentation(tmp_path):
                    (40, 4, 4))
 
 
+def test_partner_synapses_from_a_partner_collection(partner_store):
+    from synful.embed.data import EmbedDataError, partner_synapses
+    from synful.io.partners import NO_ID, empty_partners
+
+    p = empty_partners(3)
+    p["id"] = [2 ** 60 + 1, 5, 9]
+    for side, base in (("pre", 1000), ("post", 1200)):
+        for k, axis in enumerate("zyx"):
+            p[f"{side}_{axis}"] = [base + 40 * k, base + 400 + 40 * k, base + 800]
+    p["score"] = [0.9, 0.2, 0.6]
+    p["pre_seg_id"], p["post_seg_id"] = [3, NO_ID, 4], [7, 8, NO_ID]
+    partner_store.write_block(0, p)
+    got = partner_synapses(partner_store, min_score=0.5)
+    assert [s.id for s in got] == [9, 2 ** 60 + 1]  # by id, the low score left out
+    s = got[1]
+    assert s.pre_site == (1000, 1040, 1080) and s.post_site == (1200, 1240, 1280)
+    assert s.centre == (1100, 1140, 1180)  # half-way between the sites
+    assert (s.pre_seg, s.post_seg) == (3, 7) and got[0].post_seg is None  # NO_ID: looked up at the site
+    assert s.labels == {"score": pytest.approx(0.9), "pre_segment": 3, "post_segment": 7}
+    with pytest.raises(EmbedDataError, match="no partners with score >= 0.95"):
+        partner_synapses(partner_store, min_score=0.95)
+
+
+def test_mixed_precision_switch(caplog):
+    from synful.config.sections import EmbeddingTraining
+    from synful.embed.train import build_simclr
+    from synful.models.precision import gpu_visible, layer_policy
+
+    cfg = EmbeddingTraining(input_shape=(4, 16, 16), fmaps=4, downsample_factors=[(1, 2, 2)])
+    encoder, head, _ = build_simclr(cfg, 3, "mixed_float16")
+    assert encoder.get_layer("s1b0_conv0").compute_dtype == "float16"
+    assert encoder.output.dtype == "float32" and head.output.dtype == "float32"
+    if not gpu_visible():  # float16 3D pooling has no CPU kernels: refused with a warning naming the key
+        assert layer_policy(True, "x.ini [EmbeddingTraining] mixed_precision") == "float32"
+        assert "[EmbeddingTraining] mixed_precision = true but no GPU is visible" in caplog.text
+
+
 def test_hopkins_uniform_near_half_clustered_near_one():
     rng = np.random.default_rng(0)
     uniform = rng.uniform(size=(400, 3))
