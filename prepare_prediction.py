@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("-p", "--predict-id", type=int, nargs="+", help="with -c: the prediction setups to remove")
     p.add_argument("-d", "--base-dir", default=str(Path(__file__).resolve().parent / "experiments"),
                    help="experiments base directory (default: experiments/ beside this script)")
-    p.add_argument("-v", "--validation", action="store_true", help="predict the validation split (default: test)")
+    p.add_argument("-v", "--validation", action="store_true", help="predict the validation split (default: test; an embedding setup: every synapse)")
     p.add_argument("--allow-missing-checkpoints", action="store_true",
                    help="scaffold even when an iteration has no checkpoint yet (training still running)")
     p.add_argument("-c", "--clean", action="store_true", help="remove the prediction setups -p (lists them and asks first)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter] [--set KEY=VALUE ...]
+"""Scaffold a training setup: python prepare_training.py -e EXP -t T [--kind transmitter|embedding] [--set KEY=VALUE ...]
 [-d BASE_DIR] [-c] [--yes]
 
 -c removes the training setup and its prediction setups (03_predict/setup_t<T>_p*), after listing them and
@@ -16,7 +16,8 @@ from synful.scaffold import (create_train_setup, list_predict_setups, remove_tra
 
 #: the train config file and its section that --set writes into, per kind
 SET_TARGET = {"partner": ("train_config.ini", "Training"),
-              "transmitter": ("transmitter_train_config.ini", "TransmitterTraining")}
+              "transmitter": ("transmitter_train_config.ini", "TransmitterTraining"),
+              "embedding": ("embedding_train_config.ini", "EmbeddingTraining")}
 
 
 def _overrides(kind: str, items) -> dict:
@@ -49,10 +50,11 @@ def main(argv=None) -> int:
     p.add_argument("-t", "--train-id", type=int, required=True, help="train setup id")
     p.add_argument("-d", "--base-dir", default=str(Path(__file__).resolve().parent / "experiments"),
                    help="experiments base directory (default: experiments/ beside this script)")
-    p.add_argument("--kind", choices=("partner", "transmitter"), default="partner",
-                   help="partner detection (U-Net, default) or neurotransmitter classification (VGG3D)")
+    p.add_argument("--kind", choices=("partner", "transmitter", "embedding"), default="partner",
+                   help="partner detection (U-Net, default), neurotransmitter classification (VGG3D) or "
+                        "self-supervised synapse embeddings (SimCLR)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="set keys of the new train config ([Training] or [TransmitterTraining]), "
+                   help="set keys of the new train config ([Training], [TransmitterTraining] or [EmbeddingTraining]), "
                         "e.g. --set fc_size=256 'input_shape=16, 160, 160'")
     p.add_argument("-c", "--clean", action="store_true",
                    help="remove the setup and its prediction setups (lists them and asks first)")

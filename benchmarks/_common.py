@@ -203,7 +203,7 @@ def summarize(stage: str, r: dict) -> list[dict]:
     """Headline figures of one stage's result JSON, as table rows ``{stage, measure, value, unit[, remark]}``.
 
     ``stage`` is the kind of result: generation, training, prediction, extraction, store, evaluation,
-    scheduling, cluster, transmitters or learnability.  A ``--quick`` result's rows say so in ``remark``."""
+    scheduling, cluster, transmitters, embed or learnability.  A ``--quick`` result's rows say so in ``remark``."""
     rows = []
     if stage == "generation":
         for g in r["generate"]:
@@ -261,6 +261,11 @@ def summarize(stage: str, r: dict) -> list[dict]:
         rows.append(_row(stage, f"VGG3D training, batch {r['batch_size']}", r["seconds_per_iteration"],
                          "s/iteration"))
         rows.append(_row(stage, "prediction", r["predict_synapses_per_second"], "synapses/s"))
+    elif stage == "embed":
+        cube = "x".join(map(str, r["input_shape"]))
+        rows.append(_row(stage, f"embedding inference, {cube} cubes, batch {r['batch_size']}", r["synapses_per_second"],
+                         "synapses/s"))
+        rows.append(_row(stage, "embedding network alone", r["network_synapses_per_second"], "synapses/s"))
     elif stage == "learnability":
         shape = "x".join(map(str, r["shape"]))
         rows.append(_row(stage, f"{r['params']:,}-parameter U-Net on {shape}, training",

@@ -78,6 +78,7 @@ STAGES = (
     Stage("scheduling", "bench_schedule.py", "daisy scheduling overhead, empty blocks/s"),
     Stage("cluster", "bench_cluster.py", "job launch overhead of the cluster layer"),
     Stage("transmitters", "bench_transmitters.py", "transmitter classifier training and prediction"),
+    Stage("embed", "bench_embed.py", "synapse-embedding inference synapses/s"),
     Stage("learnability", "bench_synthetic_learnability.py", "a small U-Net learns post-sites (about 7 min)"),
 )
 

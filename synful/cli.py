@@ -302,6 +302,12 @@ def _run_status(args) -> int:
     return 0
 
 
+def _add_embed(sub):
+    from .embed.cli import add_parser
+
+    add_parser(sub)
+
+
 def _add_transmitter(sub):
     from .transmitters.cli import add_parser
 
@@ -527,6 +533,7 @@ COMMANDS = [
     _add_status,
     _add_transmitter,
     _add_import_synful,
+    _add_embed,
     _add_demo,
     _add_view,
 ]

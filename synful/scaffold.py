@@ -25,6 +25,7 @@ from .config import (PREDICT_SECTIONS, TRAIN_SECTIONS, TRANSMITTER_PREDICT_SECTI
                      WORKER_SECTIONS, fill_template, read_predict_config, read_train_config,
                      read_transmitter_predict_config, read_transmitter_train_config, read_worker_config,
                      render_template)
+from .config.sections import EMBEDDING_PREDICT_SECTIONS, EMBEDDING_TRAIN_SECTIONS
 from .errors import SynfulError
 
 __all__ = [
@@ -52,9 +53,14 @@ _TEMPLATE_SECTIONS = {
     "worker_config.ini": WORKER_SECTIONS,
     "transmitter_train_config.ini": TRANSMITTER_TRAIN_SECTIONS,
     "transmitter_predict_config.ini": TRANSMITTER_PREDICT_SECTIONS,
+    "embedding_train_config.ini": EMBEDDING_TRAIN_SECTIONS,
+    "embedding_predict_config.ini": EMBEDDING_PREDICT_SECTIONS,
 }
-#: setup kinds: partner detection (U-Net) or neurotransmitter classification (VGG3D); config file prefix
-KINDS = {"partner": "", "transmitter": "transmitter_"}
+#: setup kinds: partner detection (U-Net), neurotransmitter classification (VGG3D) or self-supervised
+#: synapse embeddings (SimCLR); config file prefix
+KINDS = {"partner": "", "transmitter": "transmitter_", "embedding": "embedding_"}
+#: the prediction section of each kind (where prepare_prediction.py writes train_setup and iteration)
+PREDICT_SECTION = {"partner": "Prediction", "transmitter": "TransmitterPrediction", "embedding": "EmbeddingPrediction"}
 
 TRAIN_LAUNCHER = '''#!/usr/bin/env python
 """Train this setup: python train.py [ITERATIONS]. Everything else comes from train_config.ini."""
@@ -82,6 +88,23 @@ if len(sys.argv) > 1:
     args += ["--iterations"] + sys.argv[1:2]
 sys.exit(main(args + sys.argv[2:]))
 '''
+
+
+EMBEDDING_TRAIN_LAUNCHER = '''#!/usr/bin/env python
+"""Train this setup: python train.py [ITERATIONS]. Everything else comes from embedding_train_config.ini;
+without ITERATIONS, training runs to its [EmbeddingTraining] iterations."""
+import sys
+from pathlib import Path
+
+from synful.cli import main
+
+args = ["embed", "train", str(Path(__file__).resolve().parent)]
+if len(sys.argv) > 1:
+    args += ["--iterations"] + sys.argv[1:2]
+sys.exit(main(args + sys.argv[2:]))
+'''
+
+LAUNCHERS = {"partner": TRAIN_LAUNCHER, "transmitter": TRANSMITTER_TRAIN_LAUNCHER, "embedding": EMBEDDING_TRAIN_LAUNCHER}
 
 
 class ScaffoldError(SynfulError):
@@ -154,10 +177,12 @@ def _atomic_dir(target: Path, files: dict[str, str], executable: tuple = ()):
 
 
 def setup_kind(setup_dir) -> str:
-    """``transmitter`` if the setup holds a transmitter_train/predict_config.ini, else ``partner``."""
+    """``transmitter`` / ``embedding`` if the setup holds a transmitter_ / embedding_ train or predict config,
+    else ``partner``."""
     setup_dir = Path(setup_dir)
-    if any((setup_dir / f"transmitter_{n}_config.ini").is_file() for n in ("train", "predict")):
-        return "transmitter"
+    for kind in ("transmitter", "embedding"):
+        if any((setup_dir / f"{kind}_{n}_config.ini").is_file() for n in ("train", "predict")):
+            return kind
     return "partner"
 
 
@@ -166,7 +191,8 @@ def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: d
     """Create ``02_train/setup_t<T>`` with train_config.ini, worker_config.ini and train.py.
 
     ``kind="transmitter"`` writes transmitter_train_config.ini instead of
-    train_config.ini, and a train.py that runs ``synful transmitter train``.
+    train_config.ini, and a train.py that runs ``synful transmitter train``;
+    ``kind="embedding"`` embedding_train_config.ini and ``synful embed train``.
 
     ``overrides`` is {file name: {section: {key: value}}} applied to the
     templates.  Raises ScaffoldError when the setup exists.
@@ -185,7 +211,7 @@ def create_train_setup(base_dir, experiment: str, train_id: int, *, overrides: d
     files = {
         train_ini: fill_template(template_text(train_ini), overrides.get(train_ini, {})),
         "worker_config.ini": fill_template(template_text("worker_config.ini"), overrides.get("worker_config.ini", {})),
-        "train.py": TRANSMITTER_TRAIN_LAUNCHER if kind == "transmitter" else TRAIN_LAUNCHER,
+        "train.py": LAUNCHERS[kind],
     }
     _atomic_dir(target, files, executable=("train.py",))
     return target
@@ -238,6 +264,8 @@ def _check_checkpoints(train_dir: Path, kind: str, iterations: list[int]) -> Non
     """ScaffoldError naming the first iteration without a checkpoint in ``train_dir`` and the ones there are."""
     if kind == "transmitter":
         from .transmitters.train import checkpoint_path, list_checkpoints
+    elif kind == "embedding":
+        from .embed.train import checkpoint_path, list_checkpoints
     else:
         from .train import checkpoint_path, list_checkpoints
 
@@ -276,11 +304,10 @@ def create_predict_setups(base_dir, experiment: str, train_id: int, iterations, 
     for it in iterations:
         target = predict_setup_dir(base_dir, experiment, train_id, p)
         pvals = {s: dict(kv) for s, kv in overrides.get(predict_ini, {}).items()}
-        pvals.setdefault("TransmitterPrediction" if kind == "transmitter" else "Prediction", {}).update({
-            "train_setup": os.path.relpath(train_dir, target),
-            "iteration": it,
-            "split_part": "validation" if validation else "test",
-        })
+        run = {"train_setup": os.path.relpath(train_dir, target), "iteration": it}
+        if kind != "embedding" or validation:  # an embedding run embeds every synapse unless -v asks for one part
+            run["split_part"] = "validation" if validation else "test"
+        pvals.setdefault(PREDICT_SECTION[kind], {}).update(run)
         wvals = overrides.get("worker_config.ini") or {}
         wtext = (train_dir / "worker_config.ini").read_text() if (train_dir / "worker_config.ini").is_file() \
             else template_text("worker_config.ini")
@@ -304,7 +331,9 @@ def validate_setup(setup_dir) -> list[Path]:
     readers = {"train_config.ini": read_train_config, "predict_config.ini": read_predict_config,
                "worker_config.ini": read_worker_config,
                "transmitter_train_config.ini": read_transmitter_train_config,
-               "transmitter_predict_config.ini": read_transmitter_predict_config}
+               "transmitter_predict_config.ini": read_transmitter_predict_config,
+               "embedding_train_config.ini": _read_embedding_train,
+               "embedding_predict_config.ini": _read_embedding_predict}
     checked = []
     for name, reader in readers.items():
         path = setup_dir / name
@@ -314,3 +343,15 @@ def validate_setup(setup_dir) -> list[Path]:
     if not checked:
         raise ScaffoldError(f"{setup_dir}: no train_config.ini, predict_config.ini or worker_config.ini")
     return checked
+
+
+def _read_embedding_train(path):
+    from .config import read_config
+
+    return read_config(path, EMBEDDING_TRAIN_SECTIONS)
+
+
+def _read_embedding_predict(path):
+    from .config import read_config
+
+    return read_config(path, EMBEDDING_PREDICT_SECTIONS)

@@ -23,14 +23,14 @@ RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 # the stages the combined result must hold, with the unit of at least one of their summary rows
 REQUIRED = {"generation": "Mvoxel/s", "training": "iterations/s", "training_xla": "iterations/s",
             "prediction": "voxels/s", "datapath": "voxels/s", "extraction": "Mvoxel/s", "store": "partners/s",
-            "evaluation": "s", "scheduling": "blocks/s", "cluster": "s", "transmitters": "synapses/s",
+            "evaluation": "s", "scheduling": "blocks/s", "cluster": "s", "transmitters": "synapses/s", "embed": "synapses/s",
             "learnability": "iterations/s"}
 # each stage's canonical result file under benchmarks/results/
 RESULT_FILES = {"generation": "bench_synthetic.json", "training": "bench_train.json",
                 "training_xla": "bench_train_xla.json", "prediction": "bench_predict.json",
                 "datapath": "bench_datapath.json", "extraction": "bench_extract.json", "store": "bench_store.json",
                 "evaluation": "bench_evaluate.json", "scheduling": "bench_schedule.json",
-                "cluster": "bench_cluster.json", "transmitters": "bench_transmitters.json",
+                "cluster": "bench_cluster.json", "transmitters": "bench_transmitters.json", "embed": "bench_embed.json",
                 "learnability": "bench_synthetic_learnability.json"}
 
 pytestmark = pytest.mark.slow  # trains and predicts with tiny TensorFlow models

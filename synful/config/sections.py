@@ -341,3 +341,81 @@ class PredictConfig:
     prediction: Prediction
     extraction: Extraction
     evaluation: Evaluation
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingTraining:
+    """[EmbeddingTraining] of embedding_train_config.ini: synapses, channels, 3D ResNet encoder and SimCLR training."""
+
+    source: str = key("transmitter", "where the synapses come from: transmitter (the store's synapses table, one "
+                                     "site each) or partners (a prediction run's partner collection, pre and post "
+                                     "sites)", choices=("transmitter", "partners"))
+    store_url: str = key("sqlite:///../../01_data/transmitters.sqlite",
+                         "document store of the synapses (source = transmitter) and of the embeddings: "
+                         "sqlite:///path (relative to this file's folder) or mongodb://host:port")
+    database: str = key("synister", "database of the synapses and splits (embeddings go to <database>_embeddings)")
+    credentials_file: Optional[str] = key(None, "file holding the MongoDB URL with credentials; never logged", path=True)
+    credentials_env: Optional[str] = key(None, "environment variable holding the MongoDB URL with credentials; never logged")
+    split_name: Optional[str] = key("skeleton", "source = transmitter: train on this split's train part only "
+                                                "(None: on every synapse of the store)")
+    partner_run: Optional[str] = key(None, "source = partners: the prediction run directory (03_predict/setup_t<T>_p<P>) "
+                                           "whose partner collection holds the synapses", path=True)
+    min_score: float = key(0.0, "source = partners: only partners with at least this score", minimum=0)
+    raw_container: str = key("../../01_data/raw.zarr", "raw EM container (zarr/N5/HDF5) the synapse sites refer to",
+                             path=True)
+    raw_dataset: str = key("volumes/raw", "raw dataset inside raw_container")
+    seg_container: Optional[str] = key(None, "neuron segmentation container; None: raw_container", path=True)
+    seg_dataset: str = key("volumes/labels/neuron_ids", "segmentation dataset (uint64 neuron ids, 0 = background)")
+    cleft_dataset: Optional[str] = key(None, "optional cleft dataset in seg_container (non-zero = cleft): adds a "
+                                             "fourth channel")
+    voxel_size: Int3 = key((40, 4, 4), "voxel size of raw and segmentation, nm (z, y, x)", minimum=1)
+    input_shape: Int3 = key((8, 48, 48), "cube centred on each synapse, voxels (z, y, x)", minimum=1)
+    fmaps: int = key(8, "feature maps of the ResNet stem", minimum=1)
+    fmap_inc: int = key(2, "feature-map multiplier per ResNet stage", minimum=1)
+    downsample_factors: list[Int3] = key([(1, 2, 2), (1, 2, 2), (2, 2, 2)],
+                                         "stride of each ResNet stage after the first, voxels (z, y, x)", minimum=1)
+    blocks_per_stage: int = key(1, "residual blocks per ResNet stage", minimum=1)
+    projection_hidden: int = key(128, "units of the projector's hidden layer", minimum=1)
+    projection_dim: int = key(128, "output dimension of the projector (the NT-Xent space)", minimum=1)
+    temperature: float = key(0.1, "NT-Xent temperature (SimCLR: 0.07 to 0.1 at small batches)", positive=True)
+    batch_size: int = key(32, "synapses per step (each gives two views: 2 x batch_size cubes)", minimum=2)
+    learning_rate: float = key(1e-3, "Adam learning rate", minimum=0)
+    crop_margin: Int3 = key((1, 12, 12), "random-crop augmentation: each view is the cube shifted by up to this many "
+                                         "voxels (z, y, x) either way, independently per view (SimCLR's random crop)",
+                            minimum=0)
+    flip_augment: bool = key(True, "random mirroring along z, y and x (valid at any anisotropy)")
+    rotate_augment: bool = key(True, "random 90-degree rotations in y-x; in the z planes too only when voxel_size is "
+                                     "isotropic and the cube a cube")
+    noise_sigma: float = key(0.05, "largest standard deviation of the Gaussian noise added to raw (raw in [-1, 1])",
+                             minimum=0)
+    contrast: float = key(0.2, "raw contrast factor drawn from [1 - contrast, 1 + contrast]", minimum=0, maximum=1)
+    brightness: float = key(0.2, "raw brightness shift drawn from [-brightness, brightness]", minimum=0)
+    mixed_precision: bool = key(False, "train with mixed_float16 (GPU only)")
+    iterations: int = key(10000, "train until this iteration (python train.py N or --iterations N overrides)",
+                          minimum=1)
+    checkpoint_every: int = key(1000, "save a checkpoint every N iterations", minimum=1)
+    keep_checkpoints: int = key(5, "keep the last K checkpoints (0 keeps all)", minimum=0)
+    log_every: int = key(10, "write TensorBoard scalars every N iterations", minimum=1)
+    seed: int = key(42, "random seed (network initialisation, batches, augmentations)", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingPrediction:
+    """[EmbeddingPrediction] of embedding_predict_config.ini: one embedding per synapse, and its evaluation."""
+
+    train_setup: str = key("../../02_train/setup_t0", "training setup directory holding the checkpoints", path=True)
+    iteration: int = key(doc="checkpoint iteration to embed with", minimum=1)
+    split_part: str = key("all", "synapses to embed: all, or one part (train, validation, test) of the training "
+                                 "setup's split", choices=("all", "train", "validation", "test"))
+    batch_size: int = key(64, "cubes per network call", minimum=1)
+    overwrite: bool = key(False, "replace an existing embedding collection of this run (otherwise refuse)")
+    mixed_precision: bool = key(False, "embed with mixed_float16 (GPU only)")
+    probe_folds: int = key(5, "evaluation: folds of the cross-validated linear probe", minimum=2)
+    transmitter_run: Optional[str] = key(None, "evaluation: a transmitter prediction run (03_predict/setup_t<T>_p<P>) "
+                                               "whose supervised accuracy on its split part is compared with the "
+                                               "linear probe's on the same synapses", path=True)
+    seed: int = key(0, "evaluation: seed of the probe folds, UMAP and the Hopkins sample", minimum=0)
+
+
+EMBEDDING_TRAIN_SECTIONS = (EmbeddingTraining,)
+EMBEDDING_PREDICT_SECTIONS = (EmbeddingPrediction,)

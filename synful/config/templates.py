@@ -13,14 +13,16 @@ from pathlib import Path
 
 from ..io.files import write_text
 from .keys import ConfigError, _format_value, _hints, _type_name, default_of, has_default, section_name
-from .sections import (PREDICT_SECTIONS, TRAIN_SECTIONS, TRANSMITTER_PREDICT_SECTIONS, TRANSMITTER_TRAIN_SECTIONS,
-                       WORKER_SECTIONS)
+from .sections import (EMBEDDING_PREDICT_SECTIONS, EMBEDDING_TRAIN_SECTIONS, PREDICT_SECTIONS, TRAIN_SECTIONS,
+                       TRANSMITTER_PREDICT_SECTIONS, TRANSMITTER_TRAIN_SECTIONS, WORKER_SECTIONS)
 
 #: every config file synful reads: (file name, its sections); configs/ templates and README reference, in order
 CONFIG_FILES = (("train_config.ini", TRAIN_SECTIONS), ("predict_config.ini", PREDICT_SECTIONS),
                 ("worker_config.ini", WORKER_SECTIONS),
                 ("transmitter_train_config.ini", TRANSMITTER_TRAIN_SECTIONS),
-                ("transmitter_predict_config.ini", TRANSMITTER_PREDICT_SECTIONS))
+                ("transmitter_predict_config.ini", TRANSMITTER_PREDICT_SECTIONS),
+                ("embedding_train_config.ini", EMBEDDING_TRAIN_SECTIONS),
+                ("embedding_predict_config.ini", EMBEDDING_PREDICT_SECTIONS))
 
 
 def _hint_text(cls, f) -> str:
