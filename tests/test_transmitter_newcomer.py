@@ -27,7 +27,7 @@ TYPES = ("gaba", "acetylcholine", "glutamate")
 
 def _readme_block() -> str:
     text = (ROOT / "README.md").read_text()
-    section = text.split("### Neurotransmitter workflow", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", text.split("### Neurotransmitter workflow", 1)[1], maxsplit=1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, "the subsection holds exactly one bash block"
     return blocks[0]
@@ -218,7 +218,7 @@ def test_train_py_without_a_number_trains_to_the_configs_iterations(tmp_path):
     r = subprocess.run([sys.executable, "train.py"], cwd=setup, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trained to iteration 2" in r.stdout
-    assert [p.name for p in (setup / "checkpoints").glob("model_checkpoint_*.keras")] == ["model_checkpoint_2.keras"]
+    assert [p.name for p in (setup / "checkpoints").glob("model_*.keras")] == ["model_2.keras"]
 
 
 def test_cli_train_without_iterations_means_the_configs():
