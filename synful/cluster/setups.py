@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -111,14 +112,13 @@ def _prediction_status(setup_dir: Path) -> dict:
             continue
     from ..extract.common import SUMMARY_FILE
 
-    try:
+    # no or an unreadable summary: extraction has not finished a run, and status says "not run yet"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         s = json.loads((setup_dir / SUMMARY_FILE).read_text())
         total = int(s["blocks_total"])
         # the summary keeps failures, not completions: the rest of the blocks are done
         out["extract"] = {"done": total if s["complete"] else total - int(s["blocks_failed"]), "total": total,
                           "complete": bool(s["complete"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     return out
 
 

@@ -167,7 +167,7 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
     ``overwrite`` (default: the config's) allows replacing a complete collection of this run; without
     it a StoreError naming the collection is raised.
     """
-    from ..transmitters.db import StoreError
+    from ..transmitters.db import claim_run_collection
 
     s = RunSettings(predict_dir)
     overwrite = s.config.overwrite if overwrite is None else bool(overwrite)
@@ -177,22 +177,8 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
     signature = run_signature(s, reader.channels)
     synapses = s.synapses()
     with s.open_store() as store:
-        coll = store.collection(s.database, s.collection)
-        complete = run_file.is_file() and json.loads(run_file.read_text()).get("collection") == s.collection
-        if store.exists(s.database, s.collection):
-            if overwrite:
-                coll.drop()
-            elif complete:
-                raise StoreError(f"{store.url} {s.database}.{s.collection}: embedding collection exists (set "
-                                 f"overwrite = true in {PREDICT_CONFIG} or pass --overwrite to replace it)")
-        run_file.unlink(missing_ok=True)
-        coll.create_index("synapse_id", unique=True)
-        done = coll.find()
-        stale = next((d for d in done if d.get("run_signature") != signature), None)
-        if stale is not None:
-            raise StoreError(f"{store.url} {s.database}.{s.collection}: holds embeddings of another checkpoint or "
-                             f"settings (synapse {stale['synapse_id']}: run signature {stale.get('run_signature')}, "
-                             f"now {signature}); set overwrite = true in {PREDICT_CONFIG} or pass --overwrite")
+        coll, done = claim_run_collection(store, s.database, s.collection, run_file, signature,
+                                          overwrite=overwrite, config_name=PREDICT_CONFIG, kind="embedding")
         done_ids = {d["synapse_id"] for d in done}
         todo = [syn for syn in synapses if syn.id not in done_ids]
         if done_ids:

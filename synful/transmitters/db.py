@@ -342,6 +342,40 @@ class _MongoStore(DocumentStore):
         self.db.close()
 
 
+def claim_run_collection(store: "DocumentStore", database: str, collection: str, run_file, signature: str, *,
+                         overwrite: bool, config_name: str, kind: str, redo: str = "") -> tuple[Collection, list]:
+    """Open a per-run result collection (documents keyed by ``synapse_id``) for a run that may resume.
+
+    A collection this run completed (its ``run_file`` names it) is refused unless ``overwrite``, which
+    drops it; the run file is removed until the run completes again.  Documents written with another
+    ``signature`` (``run_signature`` field: other checkpoint or settings) are refused, naming the first
+    synapse and both signatures.  ``kind`` (e.g. "prediction") and ``redo`` (text after the signatures)
+    shape the messages; ``config_name`` is the ini file whose ``overwrite`` key allows replacing.
+    Returns the collection and the documents already in it (what a resumed run skips).
+    """
+    from pathlib import Path
+
+    run_file = Path(run_file)
+    where = f"{store.url} {database}.{collection}"
+    coll = store.collection(database, collection)
+    complete = run_file.is_file() and json.loads(run_file.read_text()).get("collection") == collection
+    if store.exists(database, collection):
+        if overwrite:
+            coll.drop()
+        elif complete:
+            raise StoreError(f"{where}: {kind} collection exists (set overwrite = true in {config_name} or pass "
+                             f"--overwrite to replace it)")
+    run_file.unlink(missing_ok=True)
+    coll.create_index("synapse_id", unique=True)
+    done = coll.find()
+    stale = next((d for d in done if d.get("run_signature") != signature), None)
+    if stale is not None:
+        raise StoreError(f"{where}: holds {kind}s of another checkpoint or settings (synapse {stale['synapse_id']}: "
+                         f"run signature {stale.get('run_signature')}, now {signature}{redo}); set overwrite = true "
+                         f"in {config_name} or pass --overwrite" + (" to redo the run" if redo else ""))
+    return coll, done
+
+
 def iter_chunks(items: list, size: int) -> Iterator[list]:
     """Consecutive slices of ``items`` of at most ``size`` elements."""
     for i in range(0, len(items), size):

@@ -33,7 +33,7 @@ from ..config import read_transmitter_predict_config, read_transmitter_train_con
 from ..errors import SynfulError
 from ..io.files import write_json
 from ..models.unet import normalize_raw as _normalize_raw
-from .db import StoreError, open_store, prediction_collection_name
+from .db import StoreError, claim_run_collection, open_store, prediction_collection_name
 from .train import TRAIN_CONFIG, checkpoint_path, open_raw, synapse_location
 
 logger = logging.getLogger(__name__)
@@ -208,27 +208,13 @@ def predict(predict_dir, *, overwrite: bool | None = None) -> dict:
     run_file = s.predict_dir / RUN_FILE
     t0 = time.perf_counter()
     with s.open_store() as store:
-        coll = store.collection(s.predictions_database, s.collection)
-        complete = run_file.is_file() and json.loads(run_file.read_text()).get("collection") == s.collection
-        if store.exists(s.predictions_database, s.collection):
-            if overwrite:
-                coll.drop()
-            elif complete:
-                raise StoreError(f"{store.url} {s.predictions_database}.{s.collection}: prediction collection exists "
-                                 f"(set overwrite = true in {PREDICT_CONFIG} or pass --overwrite to replace it)")
-        run_file.unlink(missing_ok=True)
-        coll.create_index("synapse_id", unique=True)
         synapses = split_synapses(store, s.database, s.split_name, s.split_part,
                                   synapse_types=s.train_config.synapse_types,
                                   neither_class=s.train_config.neither_class)
         signature = run_signature(s)
-        done = coll.find()
-        stale = next((d for d in done if d.get("run_signature") != signature), None)
-        if stale is not None:
-            raise StoreError(f"{store.url} {s.predictions_database}.{s.collection}: holds predictions of another "
-                             f"checkpoint or settings (synapse {stale['synapse_id']}: run signature "
-                             f"{stale.get('run_signature')}, now {signature} for {s.checkpoint.name}); set "
-                             f"overwrite = true in {PREDICT_CONFIG} or pass --overwrite to redo the run")
+        _, done = claim_run_collection(store, s.predictions_database, s.collection, run_file, signature,
+                                       overwrite=overwrite, config_name=PREDICT_CONFIG, kind="prediction",
+                                       redo=f" for {s.checkpoint.name}")
         done_ids = {d["synapse_id"] for d in done}
         store_url = store.url
     if not synapses:
