@@ -367,7 +367,7 @@ class EmbeddingTraining:
     seg_container: Optional[str] = key(None, "neuron segmentation container; None: raw_container", path=True)
     seg_dataset: str = key("volumes/labels/neuron_ids", "segmentation dataset (uint64 neuron ids, 0 = background)")
     cleft_dataset: Optional[str] = key(None, "optional cleft dataset in seg_container (non-zero = cleft): adds a "
-                                             "fourth channel")
+                                             "fourth channel (features are also averaged over the cleft)")
     voxel_size: Int3 = key((40, 4, 4), "voxel size of raw and segmentation, nm (z, y, x)", minimum=1)
     input_shape: Int3 = key((8, 48, 48), "cube centred on each synapse, voxels (z, y, x)", minimum=1)
     fmaps: int = key(8, "feature maps of the ResNet stem", minimum=1)
@@ -375,6 +375,9 @@ class EmbeddingTraining:
     downsample_factors: list[Int3] = key([(1, 2, 2), (1, 2, 2), (2, 2, 2)],
                                          "stride of each ResNet stage after the first, voxels (z, y, x)", minimum=1)
     blocks_per_stage: int = key(1, "residual blocks per ResNet stage", minimum=1)
+    masks_as_input: bool = key(False, "the mask channels enter the convolutions too (false: the convolutions see raw "
+                                      "only and the masks only choose where features are averaged, so two views "
+                                      "cannot be matched by the neurons' shapes)")
     projection_hidden: int = key(128, "units of the projector's hidden layer", minimum=1)
     projection_dim: int = key(128, "output dimension of the projector (the NT-Xent space)", minimum=1)
     temperature: float = key(0.1, "NT-Xent temperature (SimCLR: 0.07 to 0.1 at small batches)", positive=True)

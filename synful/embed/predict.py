@@ -34,7 +34,7 @@ from ..config import read_config, to_dict, write_config
 from ..config.sections import EMBEDDING_PREDICT_SECTIONS, EmbeddingPrediction
 from ..errors import SynfulError
 from ..io.files import write_json
-from .train import TRAIN_CONFIG, build_simclr, checkpoint_path, load_synapses, open_cube_reader, read_train_setup
+from .train import MASKS_HINT, TRAIN_CONFIG, build_simclr, checkpoint_path, load_synapses, open_cube_reader, read_train_setup
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def load_encoder(train_config, checkpoint, channels: int, dtype: str = "float32"
         combined.load_weights(str(checkpoint))
     except ValueError as e:
         raise EmbedPredictError(f"{checkpoint}: does not fit the network of its {TRAIN_CONFIG} "
-                                f"(changed since training?): {e}") from None
+                                f"(changed since training? {MASKS_HINT}): {e}") from None
     return combined.get_layer("encoder")
 
 

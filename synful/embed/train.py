@@ -45,6 +45,8 @@ __all__ = ["TRAIN_CONFIG", "EmbedTrainError", "read_train_setup", "checkpoint_pa
 TRAIN_CONFIG = "embedding_train_config.ini"
 CHECKPOINT_PATTERN = "model_{}.weights.h5"
 OPTIMIZER_PATTERN = "optimizer_{}.npz"
+#: why a checkpoint may not fit: the one architectural default that changed since the first release
+MASKS_HINT = ("checkpoints written before [EmbeddingTraining] masks_as_input existed need masks_as_input = true")
 
 
 class EmbedTrainError(SynfulError):
@@ -124,7 +126,7 @@ def build_simclr(cfg: EmbeddingTraining, channels: int, dtype: str = "float32", 
     from .model import encoder_from_config, projector_from_config
 
     encoder = encoder_from_config(cfg, channels, dtype=dtype, source=source)
-    head = projector_from_config(cfg, dtype=dtype)
+    head = projector_from_config(cfg, channels, dtype=dtype)
     inputs = keras.Input(shape=encoder.input_shape[1:], name="cube")
     combined = keras.Model(inputs, head(encoder(inputs)), name="simclr")
     return encoder, head, combined
@@ -195,7 +197,12 @@ class _Trainer:
         return atomic_write(checkpoint_path(setup_dir, iteration), write_weights)  # weights last: complete only
 
     def restore(self, setup_dir, iteration: int):
-        self.model.load_weights(str(checkpoint_path(setup_dir, iteration)))
+        path = checkpoint_path(setup_dir, iteration)
+        try:
+            self.model.load_weights(str(path))
+        except ValueError as e:
+            raise EmbedTrainError(f"{path}: does not fit the network of {TRAIN_CONFIG} (changed since training? "
+                                  f"{MASKS_HINT}): {e}") from None
         opt = _optimizer_path(setup_dir, iteration)
         if opt.is_file():
             with np.load(opt) as f:
