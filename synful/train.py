@@ -33,7 +33,7 @@ import numpy as np
 
 from .config import ConfigError, Training, Worker, read_train_config, read_worker_config
 from .errors import SynfulError
-from .io.files import atomic_write, numbered_files, numbered_path
+from .io.files import numbered_files, numbered_path
 # the pipeline and the monitoring live in their own modules; their names stay importable from here
 from .train_data import (DEFECTS, INTENSITY, Keys, _check_sample_shape, _training_samples,  # noqa: F401
                          sample_raw_shape, training_pipeline)
@@ -217,37 +217,17 @@ class KerasTrainer:
 
     def save(self, setup_dir) -> Path:
         """Write weights and optimiser state of the current iteration (each atomically); return the weights path."""
-        from keras import ops
+        from .models.checkpoints import save_training_state
 
-        path = checkpoint_path(setup_dir, self.iteration)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = {}
-        self.optimizer.save_own_variables(store)
-
-        def write_optimizer(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: ops.convert_to_numpy(v) for k, v in store.items()})
-
-        def write_checkpoint(tmp):
-            self.model.save_weights(str(tmp))
-            atomic_write(optimizer_state_path(setup_dir, self.iteration), write_optimizer)
-
-        # the weights last: a checkpoint exists only when complete
-        return atomic_write(path, write_checkpoint)
+        return save_training_state(self.model, self.optimizer, checkpoint_path(setup_dir, self.iteration),
+                                   optimizer_state_path(setup_dir, self.iteration))
 
     def restore(self, setup_dir, iteration: int):
         """Load the weights (and, when saved, the optimiser state) of ``iteration``."""
-        path = checkpoint_path(setup_dir, iteration)
-        self.model.load_weights(str(path))
-        opt_path = optimizer_state_path(setup_dir, iteration)
-        if opt_path.is_file():
-            with np.load(opt_path) as f:
-                store = {k: f[k] for k in f.files}
-            self.optimizer.load_own_variables(store)
-            # the config's learning rate wins over the saved one
-            self.optimizer.learning_rate.assign(self.cfg.learning_rate)
-        else:
-            logger.warning("%s: no optimiser state, resuming with a fresh Adam state", opt_path)
+        from .models.checkpoints import restore_training_state
+
+        restore_training_state(self.model, self.optimizer, checkpoint_path(setup_dir, iteration),
+                               optimizer_state_path(setup_dir, iteration), self.cfg.learning_rate)
         self.iteration = int(iteration)
 
 

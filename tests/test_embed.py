@@ -377,3 +377,43 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(experiment, tmp
     cfg = dataclasses.replace(read_train_setup(experiment["setup"]), masks_as_input=True)
     with pytest.raises(EmbedPredictError, match="does not fit the network of its embedding_train_config.ini"):
         load_encoder(cfg, checkpoint_path(experiment["setup"], ITERATIONS), 3)
+
+
+def test_probe_compared_with_the_supervised_classifier_on_the_same_synapses(experiment):
+    """[EmbeddingPrediction] transmitter_run: a VGG3D trained (briefly) on the same store and split; the
+    evaluation reports its accuracy on its run's synapses (the split's test part) next to the linear probe's
+    on exactly those synapses, the probe fitted on the split's train part -- i.e. the held-out probe."""
+    import prepare_prediction
+    import prepare_training
+
+    from synful.embed.evaluate import evaluate_run
+
+    base, url = experiment["base"], experiment["url"]
+    experiments = base / "experiments"
+    assert prepare_training.main(["-d", str(experiments), "-e", "emb", "-t", "1", "--kind", "transmitter", "--set",
+                                  f"store_url={url}", f"raw_container={base / 'data' / 'raw.zarr'}",
+                                  "voxel_size=40, 8, 8", "input_shape=4, 64, 64", "fmaps=8", "fmap_inc=2, 2, 2",
+                                  "n_convolutions=1, 1, 1", "downsample_factors=[[1, 2, 2], [1, 2, 2], [2, 2, 2]]",
+                                  "fc_size=32", "batch_norm=false", "batch_size=16", "learning_rate=0.001",
+                                  "elastic_augment=false", "num_workers=0", "checkpoint_every=60"]) == 0
+    assert cli_main(["transmitter", "train", str(experiments / "emb" / "02_train" / "setup_t1"),
+                     "--iterations", "60"]) == 0
+    assert prepare_prediction.main(["-d", str(experiments), "-e", "emb", "-t", "1", "-i", "60"]) == 0
+    nt_run = experiments / "emb" / "03_predict" / "setup_t1_p0"
+    assert cli_main(["transmitter", "predict", str(nt_run)]) == 0
+    assert cli_main(["transmitter", "evaluate", str(nt_run)]) == 0
+    supervised = json.loads((nt_run / "evaluation" / "evaluation.json").read_text())
+
+    ini = experiment["run"] / "embedding_predict_config.ini"
+    original = ini.read_text()
+    assert "transmitter_run = None" in original
+    ini.write_text(original.replace("transmitter_run = None", f"transmitter_run = {nt_run}"))
+    try:
+        r = evaluate_run(experiment["run"])
+    finally:
+        ini.write_text(original)
+    comparison = r["supervised"]
+    assert comparison["synapses"] == r["held_out"]["n_test"] == 245  # the split's test part, every one labelled
+    assert comparison["supervised_accuracy"] == pytest.approx(supervised["synapse_accuracy"])
+    assert comparison["probe_accuracy"] == pytest.approx(r["held_out"]["accuracy"])
+    assert comparison["chance"] == pytest.approx(1 / 6)

@@ -35,7 +35,7 @@ import numpy as np
 from ..config import ConfigError, read_config, write_config
 from ..config.sections import EMBEDDING_TRAIN_SECTIONS, EmbeddingTraining
 from ..errors import SynfulError
-from ..io.files import atomic_write, numbered_files, numbered_path, write_json
+from ..io.files import numbered_files, numbered_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -181,35 +181,21 @@ class _Trainer:
         self.step = tf.function(step, reduce_retracing=True)
 
     def save(self, setup_dir, iteration: int) -> Path:
-        from keras import ops
+        from ..models.checkpoints import save_training_state
 
-        store = {}
-        self.optimizer.save_own_variables(store)
-
-        def write_optimizer(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: ops.convert_to_numpy(v) for k, v in store.items()})
-
-        def write_weights(tmp):
-            self.model.save_weights(str(tmp))
-            atomic_write(_optimizer_path(setup_dir, iteration), write_optimizer)
-
-        return atomic_write(checkpoint_path(setup_dir, iteration), write_weights)  # weights last: complete only
+        return save_training_state(self.model, self.optimizer, checkpoint_path(setup_dir, iteration),
+                                   _optimizer_path(setup_dir, iteration))
 
     def restore(self, setup_dir, iteration: int):
+        from ..models.checkpoints import restore_training_state
+
         path = checkpoint_path(setup_dir, iteration)
         try:
-            self.model.load_weights(str(path))
+            restore_training_state(self.model, self.optimizer, path, _optimizer_path(setup_dir, iteration),
+                                   self.cfg.learning_rate)
         except ValueError as e:
             raise EmbedTrainError(f"{path}: does not fit the network of {TRAIN_CONFIG} (changed since training? "
                                   f"{MASKS_HINT}): {e}") from None
-        opt = _optimizer_path(setup_dir, iteration)
-        if opt.is_file():
-            with np.load(opt) as f:
-                self.optimizer.load_own_variables({k: f[k] for k in f.files})
-            self.optimizer.learning_rate.assign(self.cfg.learning_rate)
-        else:
-            logger.warning("%s: no optimiser state, resuming with a fresh Adam state", opt)
 
 
 def _prune(setup_dir, keep: int):
