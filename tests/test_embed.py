@@ -417,3 +417,24 @@ def test_probe_compared_with_the_supervised_classifier_on_the_same_synapses(expe
     assert comparison["supervised_accuracy"] == pytest.approx(supervised["synapse_accuracy"])
     assert comparison["probe_accuracy"] == pytest.approx(r["held_out"]["accuracy"])
     assert comparison["chance"] == pytest.approx(1 / 6)
+
+
+def test_a_killed_run_resumes_with_each_step_logged_once(experiment, tmp_path):
+    """Killed after its last checkpoint: the steps after it are lost and run again; the loss log keeps one line
+    per iteration (the killed run's extra lines and a line cut short are dropped, not duplicated)."""
+    import shutil
+
+    from synful.embed.train import train
+
+    setup = tmp_path / "setup"
+    shutil.copytree(experiment["setup"], setup)
+    log = setup / "log" / "train_loss.jsonl"
+    with log.open("a") as f:  # what a run killed at step 302 (checkpoint 300) left behind
+        f.write(json.dumps({"iteration": ITERATIONS + 1, "loss": 9.0, "top1": 0.0}) + "\n")
+        f.write(json.dumps({"iteration": ITERATIONS + 2, "loss": 9.0, "top1": 0.0}) + "\n")
+        f.write('{"iteration": 30')
+    result = train(setup, ITERATIONS + 2)
+    assert [it for it, _ in result["losses"]] == [ITERATIONS + 1, ITERATIONS + 2]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 3))
+    assert all(r["loss"] != 9.0 for r in rows)

@@ -35,7 +35,7 @@ import numpy as np
 from ..config import ConfigError, read_config, write_config
 from ..config.sections import EMBEDDING_TRAIN_SECTIONS, EmbeddingTraining
 from ..errors import SynfulError
-from ..io.files import numbered_files, numbered_path, write_json
+from ..io.files import atomic_write, numbered_files, numbered_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,24 @@ def _prune(setup_dir, keep: int):
         _optimizer_path(setup_dir, it).unlink(missing_ok=True)
 
 
+def _truncate_loss_log(path: Path, start: int):
+    """Keep the lines of iterations <= ``start`` (the checkpoint resumed from): the steps a killed run made after
+    its last checkpoint are run again and must not be logged twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            it = int(json.loads(line)["iteration"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+        if it <= start:
+            keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(keep)))
+
+
 def train(setup_dir, iterations: int | None = None) -> dict:
     """Train the setup's encoder up to ``iterations`` (default: the config's), resuming from its newest checkpoint.
 
@@ -253,7 +271,9 @@ def train(setup_dir, iterations: int | None = None) -> dict:
     writer = tf.summary.create_file_writer(str(setup_dir / "log"))
     losses, path = [], None
     t0 = time.perf_counter()
-    with open(setup_dir / "log" / "train_loss.jsonl", "a") as loss_log:
+    loss_path = setup_dir / "log" / "train_loss.jsonl"
+    _truncate_loss_log(loss_path, start)
+    with open(loss_path, "a") as loss_log:
         for it in range(start + 1, iterations + 1):
             rng = np.random.default_rng([cfg.seed, it])
             idx = rng.choice(len(synapses), size=batch, replace=False)
@@ -264,6 +284,7 @@ def train(setup_dir, iterations: int | None = None) -> dict:
                 raise EmbedTrainError(f"{source}: loss {loss} at iteration {it} (lower learning_rate?)")
             losses.append((it, loss))
             loss_log.write(json.dumps({"iteration": it, "loss": loss, "top1": top1}) + "\n")
+            loss_log.flush()  # a killed run keeps the lines of the steps it ran
             if it % cfg.log_every == 0 or it == iterations:
                 with writer.as_default(step=it):
                     tf.summary.scalar("loss", loss)
