@@ -33,7 +33,7 @@ import numpy as np
 
 from .config import ConfigError, Training, Worker, read_train_config, read_worker_config
 from .errors import SynfulError
-from .io.files import numbered_files, numbered_path
+from .io.files import TRAIN_LOCK, exclusive_lock, numbered_files, numbered_path
 # the pipeline and the monitoring live in their own modules; their names stay importable from here
 from .train_data import (DEFECTS, INTENSITY, Keys, _check_sample_shape, _training_samples,  # noqa: F401
                          sample_raw_shape, training_pipeline)
@@ -275,6 +275,11 @@ def train(setup_dir, iterations: int | None = None) -> int:
     # the checks `synful validate` runs: config, output shape (naming the file), manifest and samples
     cfg = check_training_setup(setup_dir)
     target = cfg.iterations if target is None else target
+    with exclusive_lock(setup_dir / TRAIN_LOCK, f"training of {setup_dir}"):
+        return _train_locked(setup_dir, cfg, target)
+
+
+def _train_locked(setup_dir: Path, cfg: Training, target: int) -> int:
     latest = latest_checkpoint(setup_dir)
     start = latest[0] if latest else 0
     if start >= target:

@@ -438,3 +438,19 @@ def test_a_killed_run_resumes_with_each_step_logged_once(experiment, tmp_path):
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 3))
     assert all(r["loss"] != 9.0 for r in rows)
+
+
+def test_a_second_concurrent_embedding_training_is_refused(experiment, tmp_path):
+    import shutil
+
+    from synful.embed.train import TRAIN_LOCK, checkpoint_path, train
+    from synful.io.files import LockedError, exclusive_lock
+
+    setup = tmp_path / "setup"
+    shutil.copytree(experiment["setup"], setup)
+    before = (setup / "log" / "train_loss.jsonl").read_text()
+    with exclusive_lock(setup / TRAIN_LOCK, "the first run"):
+        with pytest.raises(LockedError, match=rf"embedding training of {setup}: already running \(pid "):
+            train(setup, ITERATIONS + 1)
+    assert not checkpoint_path(setup, ITERATIONS + 1).exists()
+    assert (setup / "log" / "train_loss.jsonl").read_text() == before

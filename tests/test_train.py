@@ -286,3 +286,30 @@ def test_seeded_rejection_retries_draw_new_batches(data):
     pipeline, request, keys, _ = training_pipeline(cfg, _training_samples(cfg))
     batches = _draw(pipeline, request, 8, seed=1)
     assert all(b[keys.gt_indicator].data.any() for b in batches)  # every batch has a synapse
+
+
+def test_a_second_concurrent_training_of_a_setup_is_refused(tmp_path, data):
+    """While one training holds the setup's lock, another (here: a second process) is refused by name and
+    writes no checkpoint; once the first is gone -- also by kill -9 -- training runs."""
+    import signal
+    import time
+
+    from synful.io.files import LockedError, exclusive_lock
+    from synful.train import TRAIN_LOCK
+
+    setup = make_setup(tmp_path, data["manifest"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom synful.io.files import exclusive_lock\n"
+                               f"with exclusive_lock({str(setup / TRAIN_LOCK)!r}, 'x'):\n"
+                               "    print('held', flush=True)\n    time.sleep(600)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=rf"training of {setup}: already running \(pid {holder.pid} on "):
+            train(setup, 2)
+        assert latest_checkpoint(setup) is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    assert train(setup, 2) == 2  # the killed holder's lock died with it
+    with exclusive_lock(setup / TRAIN_LOCK, "x"), pytest.raises(LockedError):
+        train(setup, 3)  # in-process too: a second open of the lock file conflicts

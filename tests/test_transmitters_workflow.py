@@ -296,3 +296,18 @@ def test_resume_with_another_checkpoint_is_refused(experiment):
     cfg.write_text(text.replace(f"iteration = {ITERATIONS}", f"iteration = {ITERATIONS + 2}"))
     redone = predict(pdir, overwrite=True)
     assert redone["predicted_now"] == len(ids) and redone["run_signature"] != first["run_signature"]
+
+
+def test_a_second_concurrent_transmitter_training_is_refused(experiment):
+    from synful.io.files import TRAIN_LOCK, LockedError, exclusive_lock
+    from synful.transmitters.train import train
+
+    _, setup, _ = experiment
+    before = sorted(p.name for p in (setup / "checkpoints").glob("model_*.keras")) \
+        if (setup / "checkpoints").is_dir() else []
+    with exclusive_lock(setup / TRAIN_LOCK, "the first run"):
+        with pytest.raises(LockedError, match=rf"transmitter training of {setup}: already running \(pid "):
+            train(setup, ITERATIONS + 50)
+    after = sorted(p.name for p in (setup / "checkpoints").glob("model_*.keras")) \
+        if (setup / "checkpoints").is_dir() else []
+    assert after == before

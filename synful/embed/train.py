@@ -35,7 +35,7 @@ import numpy as np
 from ..config import ConfigError, read_config, write_config
 from ..config.sections import EMBEDDING_TRAIN_SECTIONS, EmbeddingTraining
 from ..errors import SynfulError
-from ..io.files import atomic_write, numbered_files, numbered_path, write_json
+from ..io.files import TRAIN_LOCK, atomic_write, exclusive_lock, numbered_files, numbered_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -249,55 +249,56 @@ def train(setup_dir, iterations: int | None = None) -> dict:
     policy = layer_policy(cfg.mixed_precision, f"{source} mixed_precision")
     keras.utils.set_random_seed(cfg.seed)
     trainer = _Trainer(cfg, reader.channels, policy, source)
-    (setup_dir / "checkpoints").mkdir(exist_ok=True)
-    (setup_dir / "log").mkdir(exist_ok=True)
-    write_config(setup_dir / "checkpoints" / f"resolved_{TRAIN_CONFIG}", cfg)
-    write_json(setup_dir / "checkpoints" / "channels.json",
-               ["raw", "pre", "post"] + (["cleft"] if reader.channels == 4 else []), indent=None)
-    latest = latest_checkpoint(setup_dir)
-    start = 0
-    if latest is not None:
-        start = latest[0]
-        logger.info("resuming from %s", latest[1])
-        trainer.restore(setup_dir, start)
-        if start >= iterations:
-            return {"iteration": start, "checkpoint": str(latest[1]), "train_synapses": len(synapses), "losses": []}
-    t0 = time.perf_counter()
-    reader.input_shape = tuple(s + 2 * m for s, m in zip(cfg.input_shape, cfg.crop_margin))  # room for the crops
-    cubes = reader.read_many(synapses)
-    logger.info("read %d training cubes %s in %.1f s", len(synapses), cubes.shape[1:], time.perf_counter() - t0)
-    planes = allowed_rotation_planes(cfg.voxel_size, cfg.input_shape)
-    batch = min(cfg.batch_size, len(synapses))
-    writer = tf.summary.create_file_writer(str(setup_dir / "log"))
-    losses, path = [], None
-    t0 = time.perf_counter()
-    loss_path = setup_dir / "log" / "train_loss.jsonl"
-    _truncate_loss_log(loss_path, start)
-    with open(loss_path, "a") as loss_log:
-        for it in range(start + 1, iterations + 1):
-            rng = np.random.default_rng([cfg.seed, it])
-            idx = rng.choice(len(synapses), size=batch, replace=False)
-            v1, v2 = _views(cubes, idx, rng, cfg, planes)
-            loss, top1 = trainer.step(v1, v2)
-            loss, top1 = float(loss), float(top1)
-            if not np.isfinite(loss):
-                raise EmbedTrainError(f"{source}: loss {loss} at iteration {it} (lower learning_rate?)")
-            losses.append((it, loss))
-            loss_log.write(json.dumps({"iteration": it, "loss": loss, "top1": top1}) + "\n")
-            loss_log.flush()  # a killed run keeps the lines of the steps it ran
-            if it % cfg.log_every == 0 or it == iterations:
-                with writer.as_default(step=it):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("top1", top1)
-                    tf.summary.scalar("learning_rate", float(trainer.optimizer.learning_rate.numpy()))
-                writer.flush()
-                logger.info("iteration %d: NT-Xent %.4f top1 %.3f (%.2f s/it)", it, loss, top1,
-                            (time.perf_counter() - t0) / (it - start))
-            if it % cfg.checkpoint_every == 0 or it == iterations:
-                path = trainer.save(setup_dir, it)
-                _prune(setup_dir, cfg.keep_checkpoints)
-    writer.close()
-    return {"iteration": iterations, "checkpoint": str(path), "train_synapses": len(synapses), "losses": losses}
+    with exclusive_lock(setup_dir / TRAIN_LOCK, f"embedding training of {setup_dir}"):
+        (setup_dir / "checkpoints").mkdir(exist_ok=True)
+        (setup_dir / "log").mkdir(exist_ok=True)
+        write_config(setup_dir / "checkpoints" / f"resolved_{TRAIN_CONFIG}", cfg)
+        write_json(setup_dir / "checkpoints" / "channels.json",
+                   ["raw", "pre", "post"] + (["cleft"] if reader.channels == 4 else []), indent=None)
+        latest = latest_checkpoint(setup_dir)
+        start = 0
+        if latest is not None:
+            start = latest[0]
+            logger.info("resuming from %s", latest[1])
+            trainer.restore(setup_dir, start)
+            if start >= iterations:
+                return {"iteration": start, "checkpoint": str(latest[1]), "train_synapses": len(synapses), "losses": []}
+        t0 = time.perf_counter()
+        reader.input_shape = tuple(s + 2 * m for s, m in zip(cfg.input_shape, cfg.crop_margin))  # room for the crops
+        cubes = reader.read_many(synapses)
+        logger.info("read %d training cubes %s in %.1f s", len(synapses), cubes.shape[1:], time.perf_counter() - t0)
+        planes = allowed_rotation_planes(cfg.voxel_size, cfg.input_shape)
+        batch = min(cfg.batch_size, len(synapses))
+        writer = tf.summary.create_file_writer(str(setup_dir / "log"))
+        losses, path = [], None
+        t0 = time.perf_counter()
+        loss_path = setup_dir / "log" / "train_loss.jsonl"
+        _truncate_loss_log(loss_path, start)
+        with open(loss_path, "a") as loss_log:
+            for it in range(start + 1, iterations + 1):
+                rng = np.random.default_rng([cfg.seed, it])
+                idx = rng.choice(len(synapses), size=batch, replace=False)
+                v1, v2 = _views(cubes, idx, rng, cfg, planes)
+                loss, top1 = trainer.step(v1, v2)
+                loss, top1 = float(loss), float(top1)
+                if not np.isfinite(loss):
+                    raise EmbedTrainError(f"{source}: loss {loss} at iteration {it} (lower learning_rate?)")
+                losses.append((it, loss))
+                loss_log.write(json.dumps({"iteration": it, "loss": loss, "top1": top1}) + "\n")
+                loss_log.flush()  # a killed run keeps the lines of the steps it ran
+                if it % cfg.log_every == 0 or it == iterations:
+                    with writer.as_default(step=it):
+                        tf.summary.scalar("loss", loss)
+                        tf.summary.scalar("top1", top1)
+                        tf.summary.scalar("learning_rate", float(trainer.optimizer.learning_rate.numpy()))
+                    writer.flush()
+                    logger.info("iteration %d: NT-Xent %.4f top1 %.3f (%.2f s/it)", it, loss, top1,
+                                (time.perf_counter() - t0) / (it - start))
+                if it % cfg.checkpoint_every == 0 or it == iterations:
+                    path = trainer.save(setup_dir, it)
+                    _prune(setup_dir, cfg.keep_checkpoints)
+        writer.close()
+        return {"iteration": iterations, "checkpoint": str(path), "train_synapses": len(synapses), "losses": losses}
 
 
 def submit_training(setup_dir, iterations: int | None = None, *, executor: str = "slurm"):

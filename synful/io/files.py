@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,7 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["temp_path", "atomic_write", "write_text", "write_json", "numbered_path", "numbered_files", "git_commit"]
+from ..errors import SynfulError
+
+__all__ = ["TRAIN_LOCK", "LockedError", "exclusive_lock", "temp_path", "atomic_write", "write_text", "write_json", "numbered_path", "numbered_files", "git_commit"]
 
 _COUNTER = itertools.count()
 
@@ -103,3 +106,37 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+#: the lock file a training holds in its setup directory while it runs (partner, transmitter and embedding
+#: training): a second concurrent run of the same setup is refused
+TRAIN_LOCK = ".train.lock"
+
+
+class LockedError(SynfulError):
+    """Another process holds the lock of a run (a second concurrent run of the same setup)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, what: str):
+    """Hold an exclusive ``flock`` on ``path`` (created when missing; it records the holder's pid and host)
+    while the block runs; :class:`LockedError` naming ``what``, the holder and ``path`` when another process
+    holds it.  The lock dies with its process (kill -9 included), so a crashed run never blocks the next; it
+    covers processes on one host and on shared filesystems that implement flock."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LockedError(f"{what}: already running ({holder}; lock {path}); wait for it or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield path

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import ConfigError, read_transmitter_train_config, write_config
 from ..errors import SynfulError
-from ..io.files import atomic_write, numbered_files, numbered_path, write_json
+from ..io.files import TRAIN_LOCK, atomic_write, exclusive_lock, numbered_files, numbered_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -233,16 +233,17 @@ def train(setup_dir, iterations: int | None = None) -> dict:
 
     policy = layer_policy(cfg.mixed_precision, f"{source} [TransmitterTraining] mixed_precision")
     keras.utils.set_random_seed(cfg.seed)
-    _write_setup_records(setup_dir, cfg, classes, source)
-    latest = latest_checkpoint(setup_dir)
-    start, model = _resume_or_build(latest, cfg, classes, policy)
-    if start >= iterations:
-        logger.info("already trained to iteration %d >= %d", start, iterations)
-        return {"iteration": start, "checkpoint": str(latest[1]), "classes": classes,
-                "train_synapses": len(synapses)}
-    keys = _keys()
-    path = _training_loop(setup_dir, cfg, classes, model, build_pipeline(cfg, raw, by_class, *keys), keys, start,
-                          iterations)
+    with exclusive_lock(setup_dir / TRAIN_LOCK, f"transmitter training of {setup_dir}"):
+        _write_setup_records(setup_dir, cfg, classes, source)
+        latest = latest_checkpoint(setup_dir)
+        start, model = _resume_or_build(latest, cfg, classes, policy)
+        if start >= iterations:
+            logger.info("already trained to iteration %d >= %d", start, iterations)
+            return {"iteration": start, "checkpoint": str(latest[1]), "classes": classes,
+                    "train_synapses": len(synapses)}
+        keys = _keys()
+        path = _training_loop(setup_dir, cfg, classes, model, build_pipeline(cfg, raw, by_class, *keys), keys, start,
+                              iterations)
     return {"iteration": iterations, "checkpoint": str(path), "classes": classes, "train_synapses": len(synapses)}
 
 
